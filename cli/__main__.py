@@ -1,0 +1,3 @@
+from vqcodec.cli.main import app
+
+app(prog_name="vqcodec")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import photo_like
+from vqcodec.cli.main import app
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
+    vqc = tmp_path / "photo.vqc"
+    result = run("compress", image_file, "-o", vqc, "--model", tiny_model_path)
+    assert result.exit_code == 0, result.output
+    assert "bpp" in result.output and vqc.stat().st_size > 0
+
+    out = tmp_path / "back.png"
+    result = run("decompress", vqc, "-o", out, "--model", tiny_model_path)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (53, 37)
+
+    result = run("info", vqc)
+    assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
+
+
+def test_several_inputs_go_to_a_folder(tmp_path, tiny_model_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"im{i}.png")
+        Image.fromarray(photo_like(16, 24, seed=i)).save(paths[-1])
+    result = run("compress", *paths, "-o", tmp_path / "out", "--model", tiny_model_path, "--mode", "raster")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.vqc", "im1.vqc", "im2.vqc"]
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, image_file, tiny_model_path):
+    vqc = tmp_path / "photo.vqc"
+    vqc.write_bytes(b"keep me")
+    result = run("compress", image_file, "-o", vqc, "--model", tiny_model_path)
+    assert result.exit_code != 0 and "--force" in result.output
+    assert vqc.read_bytes() == b"keep me"
+    assert run("compress", image_file, "-o", vqc, "--model", tiny_model_path, "--force").exit_code == 0
+    assert vqc.read_bytes() != b"keep me"
+
+
+def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, tiny_model_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    corrupt = tmp_path / "corrupt.vqc"
+    corrupt.write_bytes(b"VQC\x01" + bytes(40))
+    cases = [
+        ("compress", tmp_path / "missing.png", "--model", tiny_model_path),
+        ("compress", not_image, "--model", tiny_model_path),
+        ("compress", not_image, "--model", tmp_path / "nope.safetensors"),
+        ("decompress", tmp_path / "missing.vqc"),
+        ("decompress", corrupt),
+        ("decompress", not_image),
+        ("info", corrupt),
+    ]
+    for args in cases:
+        result = run(*args)
+        assert result.exit_code != 0, args
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "notes.vqc").exists()
+
+
+def test_truncated_file_leaves_no_output(tmp_path, image_file, tiny_model_path):
+    vqc = tmp_path / "photo.vqc"
+    assert run("compress", image_file, "-o", vqc, "--model", tiny_model_path).exit_code == 0
+    vqc.write_bytes(vqc.read_bytes()[:-5])
+    out = tmp_path / "back.png"
+    result = run("decompress", vqc, "-o", out, "--model", tiny_model_path)
+    assert result.exit_code == 1 and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_grayscale_and_16_bit(tmp_path, tiny_model_path):
+    gray = tmp_path / "gray.png"
+    Image.fromarray(photo_like(20, 20)).convert("L").save(gray)
+    assert run("compress", gray, "--model", tiny_model_path).exit_code == 0
+    assert run("decompress", tmp_path / "gray.vqc", "-o", tmp_path / "g.png", "--model", tiny_model_path).exit_code == 0
+    assert Image.open(tmp_path / "g.png").mode == "L"
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 4000, dtype=np.uint16)).save(deep)
+    result = run("compress", deep, "--model", tiny_model_path)
+    assert result.exit_code == 1 and "16-bit" in result.output
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (["vqcodec", "--help"], [sys.executable, "-m", "vqcodec.cli", "--help"]):
+        exe = Path(sys.executable).parent / cmd[0] if cmd[0] == "vqcodec" else None
+        argv = [str(exe)] + cmd[1:] if exe else cmd
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for command in ("compress", "decompress", "info", "models"):
+            assert command in proc.stdout
+
+
+def test_subprocess_error_is_one_line(tmp_path):
+    exe = Path(sys.executable).parent / "vqcodec"
+    proc = subprocess.run([str(exe), "decompress", str(tmp_path / "missing.vqc")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import photo_like
+from vqcodec import bitstream, entropy
+from vqcodec.codec import Codec, symbols_crc
+from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
+
+SIZES = [(37, 53), (8, 8), (1, 1), (17, 40)]
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+@pytest.mark.parametrize("size", SIZES)
+def test_round_trip_is_bit_exact(codec, order, size):
+    image = Image.fromarray(photo_like(*size, seed=size[0]))
+    data = codec.compress(image, order=order)
+    encoded = codec.encode(image)
+    decoded = codec.decode_symbols(data)
+    for a, b in zip(encoded.levels, decoded.levels):
+        assert torch.equal(a, b)
+    restored = codec.decompress(data)
+    assert restored.size == image.size and restored.mode == "RGB"
+    assert np.array_equal(np.asarray(restored), np.asarray(codec.decode(encoded)))
+
+
+def test_file_size_is_the_cross_entropy(codec):
+    image = photo_like(96, 128, seed=3)
+    data = codec.compress(image)
+    header, chunks = bitstream.unpack(data)
+    symbols = codec.encode(image).levels
+    ideal = 0.0
+    for level in reversed(range(len(symbols))):
+        stepper = codec._stepper(symbols, level, "fast")
+        flat = symbols[level].reshape(-1)
+        for step, positions in enumerate(stepper.schedule):
+            probs = entropy.canonical_probabilities(stepper.logits(step, symbols[level]).numpy())
+            ideal += entropy.ideal_bits(flat[positions].numpy(), probs)
+    payload_bits = 8 * sum(len(c) for c in chunks)
+    assert payload_bits <= 1.01 * ideal + 64 * len(chunks)  # rANS flush: at most two words per chunk
+    assert len(data) - sum(len(c) for c in chunks) <= 64  # header
+
+
+def test_estimate_bits_matches_file_size(codec):
+    image = photo_like(64, 64, seed=4)
+    payload = sum(len(c) for c in bitstream.unpack(codec.compress(image))[1])
+    assert codec.estimate_bits(image) == pytest.approx(8 * payload, rel=0.05, abs=96)
+
+
+def test_same_bytes_with_one_and_two_threads(codec):
+    image = photo_like(40, 56, seed=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [codec.compress(image, order=o) for o in ("fast", "raster")]
+        torch.set_num_threads(2)
+        two = [codec.compress(image, order=o) for o in ("fast", "raster")]
+    finally:
+        torch.set_num_threads(before)
+    assert one == two
+
+
+def test_concurrent_calls_agree(codec):
+    images = [photo_like(24, 32, seed=s) for s in range(4)]
+    expected = [codec.compress(im) for im in images]
+    results: dict[int, bytes] = {}
+
+    def work(i: int) -> None:
+        results[i] = codec.compress(images[i])
+        assert np.array_equal(np.asarray(codec.decompress(results[i])), np.asarray(codec.decompress(expected[i])))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(4)] == expected
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_modes_come_back(codec, mode):
+    image = Image.fromarray(photo_like(20, 24)).convert(mode)
+    restored = codec.decompress(codec.compress(image))
+    assert restored.mode == mode and restored.size == image.size
+
+
+def test_arrays_and_tensors_code_like_images(codec):
+    array = photo_like(16, 24, seed=6)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    assert codec.compress(array) == codec.compress(Image.fromarray(array)) == codec.compress(tensor)
+    x_hat = codec.decompress_tensor(codec.compress(tensor))
+    assert x_hat.shape == (1, 3, 16, 24) and x_hat.dtype == torch.float32
+
+
+def test_batches(codec):
+    images = [photo_like(16, 16, seed=s) for s in range(3)]
+    files = codec.compress_batch(images)
+    assert files == [codec.compress(im) for im in images]
+    assert [im.size for im in codec.decompress_batch(files)] == [(16, 16)] * 3
+
+
+def test_truncated_flipped_and_random_files_raise(codec):
+    data = codec.compress(photo_like(24, 24, seed=7))
+    for cut in range(len(data)):
+        with pytest.raises(BitstreamError):
+            codec.decompress(data[:cut])
+    rng = np.random.default_rng(0)
+    for bit in rng.choice(8 * len(data), size=64, replace=False):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(BitstreamError):
+            codec.decompress(bytes(flipped))
+    for n in (0, 3, 64, 1000):
+        with pytest.raises(BitstreamError):
+            codec.decompress(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+
+
+def test_payload_corruption_behind_a_valid_crc_is_caught(codec):
+    """Even with a recomputed file CRC, changed payload words decode to symbols that fail the symbol CRC."""
+    data = codec.compress(photo_like(32, 32, seed=8))
+    header, chunks = bitstream.unpack(data)
+    bottom = bytearray(chunks[-1])
+    bottom[0] ^= 0x5A
+    forged = bitstream.pack(header, [*chunks[:-1], bytes(bottom)])
+    with pytest.raises(BitstreamError):
+        codec.decompress(forged)
+
+
+def test_file_from_other_weights_is_refused(codec, other_model_path):
+    other = Codec.load(other_model_path)
+    assert other.name == codec.name and other.digest != codec.digest
+    with pytest.raises(BitstreamError, match="different weights"):
+        codec.decompress(other.compress(photo_like(16, 16)))
+
+
+def test_symbols_crc_depends_on_every_level():
+    levels = [torch.zeros(1, 4, 4, dtype=torch.int64), torch.zeros(1, 2, 2, dtype=torch.int64)]
+    base = symbols_crc(levels)
+    levels[1][0, 1, 1] = 1
+    assert symbols_crc(levels) != base
+
+
+def test_errors():
+    with pytest.raises(ModelNotFoundError):
+        Codec.load("no-such-model")
+    assert issubclass(ImageError, VQCodecError) and issubclass(BitstreamError, VQCodecError)
+
+
+def test_bad_inputs_raise_codec_errors(codec):
+    with pytest.raises(ImageError):
+        codec.compress(np.zeros((4, 4, 3), dtype=np.uint16))
+    with pytest.raises(VQCodecError, match="order"):
+        codec.compress(photo_like(8, 8), order="zigzag")  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+"""Imports flow one way (docs/architecture.md): the codec flow never reaches training or benchmarking code."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "vqcodec"
+FLOW = ["errors", "image", "quantize", "vqvae", "prior", "entropy", "bitstream", "checkpoint", "codec"]
+BESIDE = {"data", "metrics", "train", "rd", "cli", "recipes"}
+
+
+def imported_names(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def vqcodec_modules(path: Path) -> set[str]:
+    return {name.split(".")[1] for name in imported_names(path) if name.startswith("vqcodec.")}
+
+
+@pytest.mark.parametrize("module", FLOW)
+def test_flow_never_imports_sideways(module):
+    assert not vqcodec_modules(PACKAGE / f"{module}.py") & BESIDE
+
+
+def test_only_entropy_imports_constriction():
+    users = {p.name for p in [*PACKAGE.rglob("*.py"), *(ROOT / "cli").rglob("*.py")]
+             if any(n.split(".")[0] == "constriction" for n in imported_names(p))}
+    assert users == {"entropy.py"}
+
+
+@pytest.mark.parametrize("module", ["entropy", "bitstream"])
+def test_coding_modules_do_not_import_torch(module):
+    assert not {n.split(".")[0] for n in imported_names(PACKAGE / f"{module}.py")} & {"torch"}
+
+
+def test_cli_imports_only_through_the_package():
+    for path in (ROOT / "cli").rglob("*.py"):
+        tops = {n.split(".")[0] for n in imported_names(path)}
+        assert "cli" not in tops, f"{path.name} imports cli.* instead of vqcodec.cli.*"
+        assert "torch" not in tops, f"{path.name}: no tensors in the CLI"
+
+
+def test_no_top_level_cli_package_is_installed(tmp_path):
+    probe = "import importlib.util, vqcodec.cli.main; print(importlib.util.find_spec('cli') is None)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

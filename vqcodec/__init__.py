@@ -1,0 +1,35 @@
+"""vqcodec: learned image compression with a hierarchical VQ-VAE, a PixelCNN prior and rANS.
+
+    >>> import vqcodec
+    >>> data = vqcodec.compress(image)          # PIL image, uint8 array or float tensor -> bytes
+    >>> image = vqcodec.decompress(data)        # bytes -> PIL image (model read from the header)
+
+The public names below load lazily, so `import vqcodec.bitstream` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Codec": "vqcodec.codec",
+    "Symbols": "vqcodec.codec",
+    "compress": "vqcodec.codec",
+    "decompress": "vqcodec.codec",
+    "Header": "vqcodec.bitstream",
+    "read_header": "vqcodec.bitstream",
+    "list_models": "vqcodec.models",
+}
+
+__all__ = [*_LAZY, "VQCodecError", "BitstreamError", "ImageError", "ModelNotFoundError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vqcodec' has no attribute {name!r}")

@@ -1,0 +1,232 @@
+"""The codec: the one object that runs the whole flow in both directions.
+
+```
+compress:    image ─► image.to_tensor ─► VQVAE2.encode ─► symbol maps (bottom … top)
+             for level top → bottom: prior stepper ─► logits ─► canonical probabilities ─► rANS chunk
+             Header(model, digest, size, mode, order, map sizes, symbol CRC) + chunks ─► bitstream.pack ─► bytes
+
+decompress:  bytes ─► bitstream.unpack ─► for level top → bottom: stepper logits ─► rANS decode ─► symbols
+             symbol CRC check ─► VQVAE2.decode ─► crop ─► image in the original mode
+```
+
+The encoder walks exactly the same decode schedule and calls the same `stepper.logits` as the
+decoder, so both sides hand bit-identical probability tables to the coder. The prior always runs
+on the CPU in float32 (it is small), so a file encoded with the VQ-VAE on a GPU decodes on a CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterable, Literal, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqcodec import bitstream, entropy
+from vqcodec.bitstream import Header
+from vqcodec.checkpoint import load_model, weights_digest
+from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
+from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
+from vqcodec.models import resolve
+from vqcodec.prior import SymbolPrior
+from vqcodec.vqvae import VQVAE2
+
+Order = Literal["fast", "raster"]
+ORDERS: tuple[str, ...] = ("fast", "raster")
+
+
+class Symbols(NamedTuple):
+    """Symbol maps of one image: per level, bottom first, each (1, h, w) int64 on the CPU."""
+
+    levels: list[torch.Tensor]
+    info: ImageInfo
+
+
+class Codec:
+    """Compress images to .vqc bytes and back with one trained VQ-VAE-2 + PixelCNN prior."""
+
+    def __init__(self, vqvae: VQVAE2, prior: SymbolPrior, *, name: str, digest: bytes, device: str = "cpu"):
+        self.vqvae = vqvae.eval().to(device)
+        self.prior = prior.eval().cpu()
+        self.name = name
+        self.digest = digest
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, model: str | Path = "default", *, device: str = "cpu") -> Codec:
+        """Load a bundled model by name ("default", "vqc-1" … "vqc-4") or a .safetensors path."""
+        name, path = resolve(model)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise VQCodecError("CUDA was requested but no CUDA device is available")
+        try:
+            vqvae, prior, _ = load_model(path, device="cpu")
+        except VQCodecError:
+            raise
+        except Exception as err:  # corrupt or foreign weights files
+            raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {err}") from None
+        if prior is None:
+            raise ModelNotFoundError(f"model {name!r} has no prior: train one with `vqcodec train-prior`")
+        return cls(vqvae, prior, name=name, digest=weights_digest(path), device=device)
+
+    # ---- image <-> symbols -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, image: ImageLike) -> Symbols:
+        """Image -> symbol maps (the tokens the prior codes)."""
+        x, info = to_tensor(image)
+        levels = self.vqvae.encode(x.to(self.device))
+        return Symbols([s.cpu().long() for s in levels], info)
+
+    @torch.no_grad()
+    def decode(self, symbols: Symbols) -> Image.Image:
+        """Symbol maps -> image in the original mode."""
+        return to_pil(self._reconstruct(symbols), symbols.info)
+
+    def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
+        levels = [s.to(self.device) for s in symbols.levels]
+        size = (symbols.info.height, symbols.info.width)
+        return self.vqvae.decode(levels, size=size).float().cpu()
+
+    # ---- bytes ---------------------------------------------------------------------------------
+
+    def compress(self, image: ImageLike, *, order: Order = "fast") -> bytes:
+        """Image (PIL, uint8 array or float tensor) -> .vqc bytes."""
+        _check_order(order)
+        symbols = self.encode(image)
+        chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
+        header = Header(
+            model_name=self.name,
+            weights_digest=self.digest,
+            width=symbols.info.width,
+            height=symbols.info.height,
+            mode=symbols.info.mode,
+            order=order,
+            level_shapes=tuple((int(s.shape[1]), int(s.shape[2])) for s in symbols.levels),
+            symbols_crc=symbols_crc(symbols.levels),
+        )
+        return bitstream.pack(header, chunks)
+
+    def decompress(self, data: bytes) -> Image.Image:
+        """.vqc bytes -> PIL image of the original size and mode."""
+        symbols = self.decode_symbols(data)
+        with torch.no_grad():
+            return self.decode(symbols)
+
+    def decompress_tensor(self, data: bytes) -> torch.Tensor:
+        """.vqc bytes -> (1, 3, H, W) float32 reconstruction in [0, 1] (not rounded to 8 bits)."""
+        symbols = self.decode_symbols(data)
+        with torch.no_grad():
+            return self._reconstruct(symbols).clamp(0, 1)
+
+    def decode_symbols(self, data: bytes) -> Symbols:
+        """.vqc bytes -> the symbol maps, entropy-decoded and checked against the stored CRC."""
+        header, chunks = bitstream.unpack(bytes(data))
+        self._check_header(header)
+        levels = [torch.zeros((1, h, w), dtype=torch.int64) for h, w in header.level_shapes]
+        for chunk, level in zip(chunks, _top_down(levels)):
+            self._decode_level(chunk, levels, level, header.order)
+        if symbols_crc(levels) != header.symbols_crc:
+            raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
+        return Symbols(levels, ImageInfo(header.mode, header.height, header.width))
+
+    def compress_batch(self, images: Iterable[ImageLike], *, order: Order = "fast") -> list[bytes]:
+        """Compress several images; each result is an independent .vqc file."""
+        return [self.compress(image, order=order) for image in images]
+
+    def decompress_batch(self, files: Iterable[bytes]) -> list[Image.Image]:
+        """Decompress several .vqc files."""
+        return [self.decompress(data) for data in files]
+
+    def estimate_bits(self, image: ImageLike, *, order: Order = "fast") -> float:
+        """Cross-entropy of the image's symbols under the prior, in bits (no coding; header excluded)."""
+        _check_order(order)
+        symbols = self.encode(image)
+        with torch.no_grad():
+            bits = self.prior.bits(symbols.levels, order)
+        return float(sum(b.sum() for b in bits))
+
+    # ---- one level of entropy coding -------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode_level(self, levels: list[torch.Tensor], level: int, order: str) -> bytes:
+        stepper = self._stepper(levels, level, order)
+        flat = levels[level].reshape(-1)
+        steps = []
+        for step, positions in enumerate(stepper.schedule):
+            logits = stepper.logits(step, levels[level])
+            probs = entropy.canonical_probabilities(logits.numpy())
+            steps.append((flat[positions].numpy(), probs))
+        return entropy.encode_steps(steps)
+
+    @torch.no_grad()
+    def _decode_level(self, chunk: bytes, levels: list[torch.Tensor], level: int, order: str) -> None:
+        stepper = self._stepper(levels, level, order)
+        decoder = entropy.SymbolDecoder(chunk)
+        flat = levels[level].view(-1)
+        codebook_size = self.prior.config.codebook_size[level]
+        for step, positions in enumerate(stepper.schedule):
+            logits = stepper.logits(step, levels[level])
+            values = decoder.decode(entropy.canonical_probabilities(logits.numpy()))
+            if values.size and (values.min() < 0 or values.max() >= codebook_size):
+                raise BitstreamError("decoded symbol outside the codebook: the file is corrupt")
+            flat[positions] = torch.from_numpy(values.astype(np.int64))
+        decoder.finish()
+
+    def _stepper(self, levels: list[torch.Tensor], level: int, order: str):
+        height, width = levels[level].shape[1:]
+        context = levels[level + 1] if level + 1 < len(levels) else None
+        return self.prior.stepper(order, level, int(height), int(width), context)  # type: ignore[arg-type]
+
+    def _check_header(self, header: Header) -> None:
+        if header.model_name != self.name:
+            raise BitstreamError(f"file was made by model {header.model_name!r}, not {self.name!r}")
+        if header.weights_digest != self.digest:
+            raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch)")
+        expected = tuple(self.vqvae.latent_sizes(header.height, header.width))
+        if tuple(header.level_shapes) != tuple(tuple(s) for s in expected):
+            raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
+        if header.order not in ORDERS:
+            raise BitstreamError(f"unknown decode order {header.order!r}")
+
+
+def symbols_crc(levels: list[torch.Tensor]) -> int:
+    """CRC32 over all symbol maps as int32 little-endian, top level first (decode order)."""
+    crc = 0
+    for symbols in reversed(levels):
+        crc = zlib.crc32(symbols.cpu().numpy().astype("<i4").tobytes(), crc)
+    return crc
+
+
+def _top_down(levels: list) -> list[int]:
+    return list(reversed(range(len(levels))))
+
+
+def _check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise VQCodecError(f"unknown decode order {order!r}; choose one of {', '.join(ORDERS)}")
+
+
+_CACHE: dict[tuple[str, str], Codec] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_codec(model: str | Path, device: str = "cpu") -> Codec:
+    """Codec.load with a per-process cache, for the module-level convenience functions."""
+    key = (str(model), device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Codec.load(model, device=device)
+        return _CACHE[key]
+
+
+def compress(image: ImageLike, *, model: str | Path = "default", order: Order = "fast") -> bytes:
+    """Compress one image with a bundled model (loaded once per process)."""
+    return cached_codec(model).compress(image, order=order)
+
+
+def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:
+    """Decompress a .vqc file with the bundled model named in its header (or the model given)."""
+    return cached_codec(model or bitstream.read_header(bytes(data)).model_name).decompress(data)

@@ -1,0 +1,148 @@
+"""Images at the API boundary: PIL images, uint8 arrays and float tensors to and from model tensors.
+
+Inside the library every image is a float32 tensor (1, 3, H, W) in [0, 1]. This module decides
+which inputs are accepted, converts them, and remembers the original mode so that decoding gives
+back what was given: 8-bit grayscale ("L"), RGB, and RGBA whose alpha is fully opaque. Everything
+else (16-bit, float, translucent alpha, CMYK, empty images) is refused with an ImageError rather
+than silently changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vqcodec.errors import ImageError
+
+MODES = ("RGB", "L", "RGBA")
+MAX_SIDE = 65535  # the container stores each side in 16 bits
+MAX_PIXELS = 1 << 27  # ~134 MP: larger inputs would need more memory than a codec call should take
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the decoder needs to give back an image like the input: its mode and size."""
+
+    mode: str  # one of MODES
+    height: int
+    width: int
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Read an image file, turning every reader failure into an ImageError."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large ({err})") from None
+
+
+def to_tensor(image: ImageLike) -> tuple[torch.Tensor, ImageInfo]:
+    """Convert an accepted input to a model tensor.
+
+    Args:
+        image: PIL image (RGB, L, opaque RGBA, or palette), uint8 array (H, W), (H, W, 1),
+            (H, W, 3) or (H, W, 4), or float tensor (3, H, W) / (1, 3, H, W) in [0, 1].
+
+    Returns:
+        x: (1, 3, H, W) float32 in [0, 1] on the CPU, and the ImageInfo to restore the input's mode.
+    """
+    if isinstance(image, Image.Image):
+        return _from_pil(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if isinstance(image, torch.Tensor):
+        return _from_tensor(image)
+    raise ImageError(f"unsupported input type {type(image).__name__}: give a PIL image, uint8 array or tensor")
+
+
+def to_pil(x: torch.Tensor, info: ImageInfo) -> Image.Image:
+    """(1, 3, H, W) float tensor -> PIL image of the original mode (values rounded to 8 bits)."""
+    rgb = to_uint8(x)
+    image = Image.fromarray(rgb)
+    if info.mode == "L":
+        return image.convert("L")
+    if info.mode == "RGBA":
+        image.putalpha(255)  # only opaque RGBA is accepted, so alpha is restored exactly
+    return image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding to nearest."""
+    return (x[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
+    mode = image.mode
+    if mode == "P":
+        has_alpha = "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+    if mode == "1":
+        image, mode = image.convert("L"), "L"
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
+    if mode not in ("RGB", "L", "RGBA"):
+        raise ImageError(f"image mode {mode!r} is not supported: convert to RGB, L or RGBA first")
+    return _from_array(np.asarray(image))
+
+
+def _from_array(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
+    if array.dtype != np.uint8:
+        raise ImageError(f"arrays must be uint8 (got {array.dtype}); 16-bit and float images are not supported")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        mode, rgb = "L", np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        mode, rgb = "RGB", array
+    elif array.ndim == 3 and array.shape[2] == 4:
+        if not (array[:, :, 3] == 255).all():
+            raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
+        mode, rgb = "RGBA", array[:, :, :3]
+    else:
+        raise ImageError(f"array shape {array.shape} is not an image: expected (H, W), (H, W, 3) or (H, W, 4)")
+    info = ImageInfo(mode, int(rgb.shape[0]), int(rgb.shape[1]))
+    _check_size(info)
+    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return x, info
+
+
+def _from_tensor(tensor: torch.Tensor) -> tuple[torch.Tensor, ImageInfo]:
+    x = tensor.detach()
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ImageError(f"tensor shape {tuple(tensor.shape)} is not an image: expected (3, H, W) or (1, 3, H, W)")
+    if not x.is_floating_point():
+        raise ImageError(f"tensors must be float in [0, 1] (got {x.dtype})")
+    if not torch.isfinite(x).all():
+        raise ImageError("tensor contains NaN or infinite values")
+    info = ImageInfo("RGB", int(x.shape[2]), int(x.shape[3]))
+    _check_size(info)
+    # Quantize to 8 bits: the codec's contract is 8-bit RGB, so tensors and arrays code the same.
+    x = (x.float().cpu().clamp(0, 1) * 255).round() / 255.0
+    return x.contiguous(), info
+
+
+def _check_size(info: ImageInfo) -> None:
+    if info.height < 1 or info.width < 1:
+        raise ImageError(f"empty image ({info.width}x{info.height})")
+    if info.height > MAX_SIDE or info.width > MAX_SIDE or info.height * info.width > MAX_PIXELS:
+        raise ImageError(f"image too large ({info.width}x{info.height}); at most {MAX_SIDE} px a side, {MAX_PIXELS} px")
+
+
+def _describe(mode: str) -> str:
+    return {"F": "32-bit float", "I": "32-bit integer"}.get(mode, "16-bit")
