@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from vqcodec import __version__
+from vqcodec.cli.bench import bench_command
 from vqcodec.cli.coding import compress_command, decompress_command, info_command, models_command
+from vqcodec.cli.training import train_command, train_prior_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,27 +16,6 @@ def app() -> None:
     """vqcodec: learned image compression with a VQ-VAE-2, a PixelCNN prior and rANS bitstreams."""
 
 
-app.add_command(compress_command)
-app.add_command(decompress_command)
-app.add_command(info_command)
-app.add_command(models_command)
-
-
-def _register_optional() -> None:
-    # Training and benchmarking pull in heavier modules; they register when present.
-    try:
-        from vqcodec.cli.training import train_command, train_prior_command
-    except ImportError:
-        pass
-    else:
-        app.add_command(train_command)
-        app.add_command(train_prior_command)
-    try:
-        from vqcodec.cli.bench import bench_command
-    except ImportError:
-        pass
-    else:
-        app.add_command(bench_command)
-
-
-_register_optional()
+for _command in (compress_command, decompress_command, info_command, models_command,
+                 train_command, train_prior_command, bench_command):
+    app.add_command(_command)

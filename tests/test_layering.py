@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vqcodec"
-FLOW = ["errors", "image", "quantize", "vqvae", "prior", "entropy", "bitstream", "checkpoint", "codec"]
-BESIDE = {"data", "metrics", "train", "rd", "cli", "recipes"}
+FLOW = ["errors", "image", "quantize", "vqvae", "prior", "context", "entropy", "bitstream", "checkpoint", "codec"]
+BESIDE = {"data", "metrics", "train", "runtime", "rd", "cli", "recipes"}
 
 
 def imported_names(path: Path) -> Iterator[str]:

@@ -17,7 +17,6 @@ on the CPU in float32 (it is small), so a file encoded with the VQ-VAE on a GPU 
 from __future__ import annotations
 
 import threading
-import zlib
 from pathlib import Path
 from typing import Iterable, Literal, NamedTuple
 
@@ -193,11 +192,8 @@ class Codec:
 
 
 def symbols_crc(levels: list[torch.Tensor]) -> int:
-    """CRC32 over all symbol maps as int32 little-endian, top level first (decode order)."""
-    crc = 0
-    for symbols in reversed(levels):
-        crc = zlib.crc32(symbols.cpu().numpy().astype("<i4").tobytes(), crc)
-    return crc
+    """CRC32 of the symbol maps in the container's convention (int32 little-endian, top level first)."""
+    return bitstream.symbols_checksum(s.cpu().numpy().astype("<i4").tobytes() for s in reversed(levels))
 
 
 def _top_down(levels: list) -> list[int]:

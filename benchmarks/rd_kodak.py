@@ -1,0 +1,81 @@
+"""Kodak rate-distortion benchmark: results/kodak/*.json, bd_rate.md, RD plots, visual sheet.
+
+    .venv/bin/python benchmarks/rd_kodak.py                    # every codec, then tables/plots/sheet
+    .venv/bin/python benchmarks/rd_kodak.py --codec vqcodec    # only the vqcodec entries
+    .venv/bin/python benchmarks/rd_kodak.py --report-only      # tables and plots from existing JSON
+
+Each codec's JSON is rewritten only when that codec runs; tables, plots and the
+sheet always cover every JSON in the output folder, so codecs can be re-run one
+at a time (vqcodec's models arrive later than the peers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from vqcodec import peers, plots, rd
+
+ROOT = Path(__file__).parent
+KODAK = Path("/work/shared/data/kodak")
+OUT = ROOT / "results" / "kodak"
+SHEET_PEERS = ("jpeg", "webp", "avif")
+
+
+def run_codecs(specs: list[str], images: list[Path], out: Path, weights: Path) -> list[str]:
+    """Evaluate each spec separately, so one unavailable codec does not stop the others."""
+    notes: list[str] = []
+    for spec in specs:
+        try:
+            codecs, more = peers.codecs_from_specs([spec], weights_dir=weights)
+        except (ImportError, FileNotFoundError) as err:  # e.g. vqcodec models not written yet
+            notes.append(f"{spec}: skipped ({err})")
+            continue
+        notes += more
+        for codec in codecs:
+            rd.save_codec_results(codec, rd.evaluate(codec, images), out)
+    return notes
+
+
+def sheet(image: Path, out: Path, target_bpp: float) -> list[str]:
+    """Visual comparison at matched bpp: vqcodec (when available) sets the target rate."""
+    codecs, notes = peers.codecs_from_specs(SHEET_PEERS)
+    try:
+        vq, _ = peers.codecs_from_specs(["vqcodec"])
+    except (ImportError, FileNotFoundError) as err:
+        vq, notes = [], notes + [f"sheet without vqcodec ({err})"]
+    if vq:
+        panel = plots.matched_panel(vq[0], rd.load_rgb(image), target_bpp)
+        target_bpp = panel.bpp  # peers match vqcodec's real rate on this image
+    panels = plots.comparison_sheet(image, vq + codecs, target_bpp, out / "visual-sheet")
+    return notes + [f"sheet: {p.codec} {p.point} {p.bpp:.3f} bpp {p.psnr:.2f} dB" for p in panels]
+
+
+@click.command()
+@click.option("--codec", "codecs", multiple=True, default=("pillow", "compressai", "vqcodec"), show_default=True,
+              help="Codec specs to (re)run, as for `vqcodec bench --codec`.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=KODAK,
+              show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=OUT, show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), default=ROOT / "weights", show_default=True)
+@click.option("--anchor", default="jpeg", show_default=True)
+@click.option("--sheet-image", default="kodim23.png", show_default=True)
+@click.option("--sheet-bpp", default=0.25, show_default=True, help="Target rate (vqcodec's nearest point wins).")
+@click.option("--report-only", is_flag=True, help="Only rebuild tables, plots and the sheet.")
+@click.option("--no-sheet", is_flag=True)
+def main(codecs: tuple[str, ...], data: Path, out: Path, weights: Path, anchor: str, sheet_image: str,
+         sheet_bpp: float, report_only: bool, no_sheet: bool) -> None:
+    torch.set_num_threads(1)  # single-thread timings, and the machine is shared
+    images = rd.list_images(data)
+    notes = [] if report_only else run_codecs(list(codecs), images, out, weights)
+    if not no_sheet:
+        notes += sheet(data / sheet_image, out, sheet_bpp)
+    notes += rd.report(out, anchor=anchor, reference_dir=ROOT / "reference", notes=notes)
+    for note in notes:
+        click.echo(note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Train one bundled model from its recipe: VQ-VAE-2, then its PixelCNN prior, then pack the weights.
+
+    python benchmarks/train_family.py vqc-3 --out runs/vqc-3 [--threads 1] [--scale 1.0] [--device auto]
+
+Writes runs/<name>/vqvae/..., runs/<name>/prior/model.safetensors (VQ-VAE + prior), resumable:
+rerun the same command to continue after a stop (`max_minutes` chunks on a lent GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vqcodec import recipes
+from vqcodec.train import PriorTrainConfig, TrainConfig, train_prior, train_vqvae
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(recipes.RECIPES))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the recipe's step counts")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--stage", choices=["vqvae", "prior", "both"], default="both")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = recipes.get(args.name)
+    common = dict(data=args.data, batch_size=recipe.batch_size, lr=recipe.lr,
+                  warmup_steps=recipe.warmup_steps, num_workers=args.workers, device=args.device,
+                  max_minutes=args.max_minutes, resume=True, log_every=50, val_every=500, ckpt_every=200)
+    vqvae_path = args.out / "vqvae" / "vqvae.safetensors"
+    if args.stage in ("vqvae", "both"):
+        vqvae_path = train_vqvae(TrainConfig(out=str(args.out / "vqvae"), vqvae=recipe.vqvae,
+                                             steps=int(recipe.vqvae_steps * args.scale), crop=recipe.crop,
+                                             msssim_weight=recipe.msssim_weight, **common))
+    if args.stage in ("prior", "both"):
+        train_prior(PriorTrainConfig(out=str(args.out / "prior"), vqvae=str(vqvae_path), prior=dict(recipe.prior),
+                                     steps=int(recipe.prior_steps * args.scale), crop=recipe.prior_crop, **common))
+
+
+if __name__ == "__main__":
+    main()

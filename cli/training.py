@@ -1,0 +1,179 @@
+"""`vqcodec train` and `vqcodec train-prior`: options -> a config dict -> vqcodec.train.
+
+Thin by design (STYLE R11): no tensors here. A run's settings are layered, later wins:
+
+    dataclass defaults  <  --config NAME (a recipe)  <  --vqvae-config / --prior-config FILE.json
+                        <  options given on the command line
+
+Options left out do not override anything, so `--config big --steps 10` changes only the steps.
+
+Recipes hook: `vqcodec.recipes.get(name)` (imported only when --config is used) returns a
+two-stage recipe dataclass (vqvae, prior, vqvae_steps, prior_steps and shared fields such as
+batch_size), or a mapping of config fields, optionally in sections "train" / "train_prior".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vqcodec.errors import VQCodecError
+from vqcodec.train import (PriorTrainConfig, TrainConfig, prior_train_config_from_dict, train_config_from_dict,
+                           train_prior, train_vqvae)
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_JSON_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _default(cls: type, name: str) -> Any:
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+
+def _shared_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options common to both commands; defaults None = "not given" (the layers below decide)."""
+    def opt(flag: str, kind: Any, text: str) -> Callable[..., Any]:
+        name = flag.lstrip("-").split("/")[0].replace("-", "_")
+        typed = {} if kind is bool else {"type": kind}
+        return click.option(flag, default=None, help=f"{text} [default: {_default(cls, name)}]", **typed)
+
+    options = [
+        click.option("--data", type=_EXISTING_DIR, help="Folder of training images (jpg/png/webp)."),
+        click.option("--out", type=_DIR, help="Output folder (weights, state, logs)."),
+        click.option("--val-data", type=_EXISTING_DIR, help="Held-out folder [default: a fraction of --data]."),
+        opt("--val-fraction", float, "Fraction of --data held out when no --val-data."),
+        click.option("--config", "recipe", metavar="NAME", help="Named recipe (vqcodec.recipes)."),
+        opt("--steps", click.IntRange(min=1), "Optimizer steps in total."),
+        opt("--batch-size", click.IntRange(min=1), "Images per step and process."),
+        opt("--crop", click.IntRange(min=1), "Side of the square training crops in pixels."),
+        opt("--lr", float, "Peak learning rate (Adam)."),
+        opt("--warmup-steps", click.IntRange(min=0), "Linear warm-up steps."),
+        opt("--min-lr-ratio", float, "Cosine schedule ends at lr x this."),
+        opt("--grad-clip", float, "Max global gradient norm (0: off)."),
+        opt("--num-workers", click.IntRange(min=0), "Data-loading processes."),
+        opt("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train."),
+        opt("--amp/--no-amp", bool, "bf16 autocast (CUDA only)."),
+        opt("--compile/--no-compile", bool, "torch.compile the model."),
+        opt("--log-every", click.IntRange(min=1), "Steps between log lines."),
+        opt("--val-every", click.IntRange(min=1), "Steps between validations."),
+        opt("--ckpt-every", click.IntRange(min=1), "Steps between resumable checkpoints."),
+        opt("--max-minutes", click.FloatRange(min=0), "Stop cleanly, with a checkpoint, after this long."),
+        opt("--seed", int, "Seed of initialisation, data order and augmentation."),
+        opt("--resume/--no-resume", bool, "Continue from the state in --out when there is one."),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+@click.command("train")
+@_shared_options(TrainConfig)
+@click.option("--vqvae-config", type=_JSON_FILE, help="JSON file of VQVAE2Config fields.")
+@click.option("--msssim-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of 1 - MS-SSIM in the loss (0: MSE only; SSIM for crops < 161). "
+              f"[default: {_default(TrainConfig, 'msssim_weight')}]")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help=f"channels_last memory (CUDA only). [default: {_default(TrainConfig, 'channels_last')}]")
+def train_command(recipe: str | None, vqvae_config: Path | None, **options: Any) -> None:
+    """Train the VQ-VAE. Multi-GPU: torchrun --nproc_per_node N -m vqcodec.cli train ..."""
+    fields = _recipe(recipe, "train")
+    if vqvae_config is not None:
+        fields["vqvae"] = {**dict(fields.get("vqvae") or {}), **_read_json(vqvae_config)}
+    fields.update(_given(options))
+    cfg = _checked(train_config_from_dict, fields)
+    _report(_run(train_vqvae, cfg))
+
+
+@click.command("train-prior")
+@_shared_options(PriorTrainConfig)
+@click.option("--vqvae", "vqvae_path", type=click.Path(exists=True, dir_okay=False),
+              help="Trained VQ-VAE weights (vqvae.safetensors from `vqcodec train`).")
+@click.option("--prior-config", type=_JSON_FILE, help="JSON file of PriorConfig fields (sizes come from the VQ-VAE).")
+def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config: Path | None,
+                        **options: Any) -> None:
+    """Train the prior (both decode orders) on a frozen VQ-VAE's symbols; writes model.safetensors."""
+    fields = _recipe(recipe, "train_prior")
+    if vqvae_path is not None:
+        fields["vqvae"] = str(vqvae_path)
+    if prior_config is not None:
+        fields["prior"] = {**dict(fields.get("prior") or {}), **_read_json(prior_config)}
+    fields.update(_given(options))
+    cfg = _checked(prior_train_config_from_dict, fields)
+    _report(_run(train_prior, cfg))
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """Options the user gave, as config values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+
+
+def _recipe(name: str | None, section: str) -> dict[str, Any]:
+    """Config fields of recipe `name` for `section` ("train" or "train_prior")."""
+    if name is None:
+        return {}
+    try:
+        recipes = importlib.import_module("vqcodec.recipes")
+    except ImportError:
+        raise click.UsageError(f"--config {name}: no named recipes are installed (vqcodec.recipes is missing); "
+                               "use --vqvae-config FILE.json and options instead") from None
+    try:
+        found = recipes.get(name)
+    except (KeyError, ValueError, VQCodecError) as err:
+        raise click.UsageError(f"--config: {err}") from None
+    if dataclasses.is_dataclass(found):
+        return _stage_fields(dataclasses.asdict(found), section)
+    fields = dict(found)
+    return dict(fields[section]) if isinstance(fields.get(section), dict) else fields
+
+
+def _stage_fields(recipe: dict[str, Any], section: str) -> dict[str, Any]:
+    """A two-stage recipe (vqvae, prior, vqvae_steps, prior_steps, shared fields) -> one stage's fields."""
+    own, other = ("vqvae", "prior") if section == "train" else ("prior", "vqvae")
+    fields = {k: v for k, v in recipe.items() if not k.startswith(other)}
+    if f"{own}_steps" in fields:
+        fields["steps"] = fields.pop(f"{own}_steps")
+    if section == "train_prior":
+        fields.pop("msssim_weight", None)  # the prior has no image loss
+    return fields
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise click.BadParameter(f"{path}: expected a JSON object of config fields")
+    return content
+
+
+def _checked(build: Callable[[dict[str, Any]], Any], fields: dict[str, Any]) -> Any:
+    for name in ("data", "out"):
+        if fields.get(name) is None:
+            raise click.UsageError(f"--{name} is required (on the command line or in the recipe)")
+    try:
+        return build(fields)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _run(train: Callable[[Any], Path], cfg: Any) -> Path:
+    try:
+        return train(cfg)
+    except (VQCodecError, ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _report(path: Path) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line rather than one per process
+        click.echo(f"wrote {path}")

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import tiny_model
+from vqcodec.checkpoint import (load_model, load_state, rng_state, save_model, save_state, set_rng_state,
+                                unwrap, weights_digest)
+from vqcodec.errors import ModelNotFoundError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two cores shared by many processes: several intra-op threads only spin against each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_model(seed=2)
+
+
+def test_save_load_gives_identical_outputs(tmp_path, models):
+    vqvae, prior = models
+    path = tmp_path / "m.safetensors"
+    save_model(path, vqvae, prior, metadata={"name": "tiny"})
+    vqvae2, prior2, meta = load_model(path)
+    assert vqvae2.config == vqvae.config and prior2 is not None and prior2.config == prior.config
+    assert meta["name"] == "tiny" and json.loads(meta["vqvae_config"])["channels"] == 16
+    assert not vqvae2.training and not prior2.training
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        assert torch.equal(vqvae(x).x_hat, vqvae2(x).x_hat)
+        symbols = vqvae.encode(x)
+        assert all(torch.equal(a, b) for a, b in zip(symbols, vqvae2.encode(x)))
+        for order in ("fast", "raster"):
+            for a, b in zip(prior.logits(symbols, order), prior2.logits(symbols, order)):
+                assert torch.equal(a, b)
+
+
+def test_file_layout_and_vqvae_only_files(tmp_path, models):
+    vqvae, _ = models
+    path = tmp_path / "vq.safetensors"
+    save_model(path, _Compiled(vqvae), None)  # the compile wrapper must not leak into the keys
+    with safe_open(str(path), framework="pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert keys and all(k.startswith("vqvae.") and "_orig_mod" not in k for k in keys)
+    assert "prior_config" not in meta
+    vqvae2, prior2, _ = load_model(path)
+    assert prior2 is None and vqvae2.config == vqvae.config
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_unwrap_strips_compile_wrappers(models):
+    vqvae, _ = models
+    assert unwrap(_Compiled(_Compiled(vqvae))) is vqvae
+
+
+def test_reserved_metadata_is_refused(tmp_path, models):
+    with pytest.raises(ValueError, match="reserved"):
+        save_model(tmp_path / "m.safetensors", models[0], None, metadata={"vqvae_config": "{}"})
+
+
+def test_load_model_refuses_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        load_model(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelNotFoundError):
+        load_model(junk)
+
+
+def test_weights_digest_identifies_the_file(tmp_path, models):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_model(a, models[0], None)
+    save_model(b, models[0], models[1])
+    assert len(weights_digest(a)) == 8
+    assert weights_digest(a) == weights_digest(a) != weights_digest(b)
+
+
+def test_state_round_trip_with_weights_only_and_rng(tmp_path, models):
+    vqvae, _ = models
+    optimizer = torch.optim.Adam(vqvae.parameters(), lr=1e-3)
+    vqvae(torch.rand(1, 3, 16, 16)).x_hat.mean().backward()
+    optimizer.step()
+    state = {"step": 7, "model": vqvae.state_dict(), "optimizer": optimizer.state_dict(), "rng": [rng_state()]}
+    path = tmp_path / "state.pt"
+    save_state(path, state)
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    loaded = load_state(path)  # torch.load(weights_only=True) inside
+    assert loaded["step"] == 7 and torch.equal(loaded["model"]["decoder.0.weight"], vqvae.state_dict()["decoder.0.weight"])
+    set_rng_state(loaded["rng"][0])
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert expected[0] == again[0] and expected[1] == again[1] and torch.equal(expected[2], again[2])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class _Payload:
+    pass
+
+
+class _Compiled(torch.nn.Module):
+    """Stands in for torch.compile's wrapper (same `_orig_mod` attribute), without importing dynamo."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = module
+
+
+def test_load_state_refuses_arbitrary_pickles(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(path)

@@ -1,0 +1,194 @@
+"""SymbolPrior: causality of both orders, decode schedules, stepper exactness, config, training signal."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import pytest
+import torch
+
+from vqcodec.context import group_order
+from vqcodec.prior import PriorConfig, SymbolPrior
+
+CODEBOOKS = (16, 8)  # bottom, top
+BOTTOM, TOP = (5, 7), (3, 4)  # odd sizes; bottom = 2 x top, cropped
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Maps of a few symbols gain nothing from threads, and a busy machine makes them wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prior() -> SymbolPrior:
+    torch.manual_seed(0)
+    config = PriorConfig(codebook_size=CODEBOOKS, upsample=(2,), channels=8, layers=3, fast_layers=3,
+                         fast_groups=(2, 4))
+    return SymbolPrior(config).eval()
+
+
+def random_levels(seed: int = 0, batch: int = 1) -> list[torch.Tensor]:
+    """Bottom (batch, 5, 7) and top (batch, 3, 4) int64 symbol maps."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, k, (batch, *size), generator=g) for k, size in zip(CODEBOOKS, (BOTTOM, TOP))]
+
+
+def teacher_forced(prior: SymbolPrior, levels: list[torch.Tensor], order: str, level: int) -> torch.Tensor:
+    """(K, h * w) logits of one level, batch element 0."""
+    with torch.no_grad():
+        return prior.logits(levels, order)[level][0].flatten(1)  # type: ignore[arg-type]
+
+
+def with_symbol_changed(levels: list[torch.Tensor], level: int, positions: torch.Tensor) -> list[torch.Tensor]:
+    """Copy of levels with the symbols at flat `positions` of `level` replaced by different ones."""
+    changed = [s.clone() for s in levels]
+    flat = changed[level].view(-1)
+    flat[positions] = (flat[positions] + 1 + torch.arange(len(positions)) % 3) % CODEBOOKS[level]
+    return changed
+
+
+def stepper(prior: SymbolPrior, levels: list[torch.Tensor], order: str, level: int):
+    context = levels[level + 1] if level + 1 < len(levels) else None
+    return prior.stepper(order, level, *levels[level].shape[-2:], context)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_raster_never_sees_the_current_or_later_symbols(prior, level):
+    levels = random_levels(1)
+    before = teacher_forced(prior, levels, "raster", level)
+    width = levels[level].shape[2]
+    for position in range(before.shape[1]):
+        after = teacher_forced(prior, with_symbol_changed(levels, level, torch.tensor([position])), "raster", level)
+        moved = (after != before).any(dim=0)  # (h * w,) bool
+        assert not moved[: position + 1].any(), f"position {position} leaks into earlier logits"
+        if (position + 1) % width:
+            assert moved[position + 1], "the next position should see its left neighbour"
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_fast_group_never_sees_its_own_or_later_groups(prior, level):
+    levels = random_levels(2)
+    net = prior.fast[level]
+    height, width = levels[level].shape[-2:]
+    groups = net.group_map(height, width)[:height, :width].flatten()
+    before = teacher_forced(prior, levels, "fast", level)
+    for g in range(net.side**2):
+        later = torch.nonzero(groups >= g).flatten()
+        after = teacher_forced(prior, with_symbol_changed(levels, level, later), "fast", level)
+        moved = (after != before).any(dim=0)
+        assert not moved[groups == g].any(), f"group {g} sees symbols of groups >= {g}"
+        if 0 < g and (groups == g).any():
+            earlier = torch.nonzero(groups < g).flatten()
+            changed = teacher_forced(prior, with_symbol_changed(levels, level, earlier), "fast", level)
+            assert (changed != before)[:, groups == g].any(), f"group {g} ignores the earlier groups"
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+@pytest.mark.parametrize("size", [(5, 7), (3, 4), (1, 1), (8, 8)])
+def test_schedule_covers_every_position_once(prior, order, size):
+    context = torch.zeros(1, (size[0] + 1) // 2, (size[1] + 1) // 2, dtype=torch.int64)
+    steps = prior.stepper(order, 0, *size, context).schedule
+    assert all(s.dtype == torch.int64 and s.dim() == 1 and len(s) for s in steps)
+    assert sorted(torch.cat(steps).tolist()) == list(range(size[0] * size[1]))
+    top_steps = prior.stepper(order, 1, *size, None).schedule
+    assert sorted(torch.cat(top_steps).tolist()) == list(range(size[0] * size[1]))
+
+
+def test_group_order_is_coarse_to_fine():
+    assert group_order(2) == [(0, 0), (1, 1), (0, 1), (1, 0)]
+    assert sorted(group_order(4)) == [(a, b) for a in range(4) for b in range(4)]
+    assert group_order(4)[:4] == [(0, 0), (2, 2), (0, 2), (2, 0)]
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+@pytest.mark.parametrize("level", [0, 1])
+def test_stepper_logits_equal_teacher_forced(prior, order, level):
+    levels = random_levels(3)
+    full = teacher_forced(prior, levels, order, level)
+    steps = stepper(prior, levels, order, level)
+    for step, positions in enumerate(steps.schedule):
+        logits = steps.logits(step, levels[level])
+        assert logits.shape == (len(positions), CODEBOOKS[level]) and logits.dtype == torch.float32
+        torch.testing.assert_close(logits, full[:, positions].t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+@pytest.mark.parametrize("level", [0, 1])
+def test_stepper_is_bit_identical_on_partial_maps(prior, order, level):
+    """Encoder (full map) and decoder (undecoded places hold zeros or garbage) get the same bits."""
+    levels = random_levels(4)
+    steps = stepper(prior, levels, order, level)
+    truth = levels[level]
+    decoded = torch.zeros_like(truth)
+    known = torch.zeros(truth.numel(), dtype=torch.bool)
+    garbage = torch.Generator().manual_seed(5)
+    for step, positions in enumerate(steps.schedule):
+        noisy = torch.randint(0, CODEBOOKS[level], truth.shape, generator=garbage)
+        noisy.view(-1)[known] = truth.view(-1)[known]
+        encoder = steps.logits(step, truth)
+        assert torch.equal(encoder, steps.logits(step, decoded))
+        assert torch.equal(encoder, steps.logits(step, noisy))
+        decoded.view(-1)[positions] = truth.view(-1)[positions]
+        known[positions] = True
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_bottom_logits_depend_on_the_top_level(prior, order):
+    levels = random_levels(6)
+    other_top = with_symbol_changed(levels, 1, torch.arange(TOP[0] * TOP[1]))
+    assert not torch.allclose(teacher_forced(prior, levels, order, 0), teacher_forced(prior, other_top, order, 0))
+    first = stepper(prior, levels, order, 0).logits(0, levels[0])
+    assert not torch.allclose(first, stepper(prior, other_top, order, 0).logits(0, levels[0]))
+
+
+def test_bits_and_loss_agree(prior):
+    levels = random_levels(7, batch=2)
+    with torch.no_grad():
+        bits = prior.bits(levels, "fast")
+        loss = prior.loss(levels, "fast")
+    assert [b.shape for b in bits] == [(2,), (2,)]
+    symbols = sum(s.numel() for s in levels)
+    torch.testing.assert_close(sum(b.sum() for b in bits) * torch.log(torch.tensor(2.0)) / symbols, loss)
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_loss_decreases_on_a_repeated_batch(order):
+    torch.manual_seed(1)
+    model = SymbolPrior(PriorConfig(codebook_size=CODEBOOKS, upsample=(2,), channels=8, layers=2, fast_layers=3))
+    levels = random_levels(8, batch=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(levels, order).item()  # type: ignore[arg-type]
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = model.loss(levels, order)  # type: ignore[arg-type]
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.8 * first
+
+
+def test_config_round_trip_and_defaults():
+    config = PriorConfig(codebook_size=(512, 256, 128), upsample=(2, 2))
+    assert config.fast_groups == (2, 2, 4) and config.levels == 3
+    again = PriorConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and isinstance(again.upsample, tuple)
+    with pytest.raises(ValueError, match="unknown"):
+        PriorConfig.from_dict({**config.to_dict(), "dropout": 0.1})
+    with pytest.raises(ValueError):
+        PriorConfig(codebook_size=(16, 8), upsample=())
+    with pytest.raises(ValueError):
+        PriorConfig(codebook_size=(16, 8), upsample=(2,), fast_groups=(3, 4))
+
+
+def test_bad_arguments_raise(prior):
+    levels = random_levels(9)
+    with pytest.raises(ValueError):
+        prior.logits(levels, "exact")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        prior.stepper("fast", 0, *BOTTOM, None)
+    with pytest.raises(ValueError):
+        prior.logits([levels[0]], "fast")

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vqcodec import bdrate, peers, rd
+from vqcodec.cli.bench import bench_command
+
+REFERENCE = Path(__file__).parents[1] / "benchmarks" / "reference"
+
+
+def _result(name: str, bpp: list[float], psnr: list[float], ms_ssim: list[float] | None = None) -> dict:
+    n = len(bpp)
+    return {"name": name, "description": "", "results": {
+        "bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": ms_ssim or [0.9 + 0.01 * i for i in range(n)],
+        "encoding_time": [0.0] * n, "decoding_time": [0.0] * n}}
+
+
+CURVE = _result("a", [0.1, 0.25, 0.5, 1.0, 2.0], [26.0, 29.0, 32.0, 35.5, 39.0])
+
+
+def test_bd_rate_of_curve_against_itself_is_zero():
+    rate, psnr = bdrate.curve(CURVE)
+    assert bdrate.bd_rate(rate, psnr, rate, psnr) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_psnr(rate, psnr, rate, psnr) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_of_half_rate_is_minus_fifty_percent():
+    rate, psnr = bdrate.curve(CURVE)
+    assert bdrate.bd_rate(rate, psnr, rate / 2, psnr) == pytest.approx(-50.0, abs=1e-9)
+    assert bdrate.bd_rate(rate / 2, psnr, rate, psnr) == pytest.approx(100.0, abs=1e-9)
+
+
+def test_bd_psnr_of_shifted_curve():
+    rate, psnr = bdrate.curve(CURVE)
+    assert bdrate.bd_psnr(rate, psnr, rate, psnr + 1.5) == pytest.approx(1.5)
+
+
+def test_bd_without_overlap_is_nan():
+    rate, psnr = bdrate.curve(CURVE)
+    assert math.isnan(bdrate.bd_rate(rate, psnr, rate, psnr + 50))
+
+
+def test_table_lists_every_codec():
+    text = bdrate.table([CURVE, _result("b", [0.05, 0.125, 0.25, 0.5, 1.0], CURVE["results"]["psnr-rgb"])], "a")
+    assert "| a | 5 |" in text and "+0.00 %" in text and "-50.00 %" in text
+
+
+def test_reference_files_follow_the_schema():
+    files = sorted(REFERENCE.glob("*.json"))
+    assert files
+    for path in files:
+        data = rd.read_results(path)
+        assert {"bpp", "psnr-rgb", "ms-ssim-rgb"} <= set(data["results"])
+
+
+def test_schema_check_rejects_ragged_results():
+    bad = _result("x", [0.1, 0.2], [30.0, 31.0])
+    bad["results"]["psnr-rgb"] = [30.0]
+    with pytest.raises(ValueError):
+        rd.check_results(bad)
+
+
+class FakeCodec:
+    """Stands in for vqcodec: a 4-byte header, then zlib of the image quantized to `step`."""
+
+    HEADER = b"FAKE"
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def compress(self, x: Image.Image) -> bytes:
+        arr = (np.asarray(x) // self.step).astype(np.uint8)
+        head = self.HEADER + bytes([self.step]) + x.size[0].to_bytes(2, "little") + x.size[1].to_bytes(2, "little")
+        return head + zlib.compress(arr.tobytes())
+
+    def decompress(self, data: bytes) -> Image.Image:
+        step, w, h = data[4], int.from_bytes(data[5:7], "little"), int.from_bytes(data[7:9], "little")
+        arr = np.frombuffer(zlib.decompress(data[9:]), np.uint8).reshape(h, w, 3)
+        return Image.fromarray((arr.astype(np.uint16) * step + step // 2).clip(0, 255).astype(np.uint8))
+
+
+def _fake_codec() -> rd.CodecUnderTest:
+    points = tuple(rd.OperatingPoint(f"step={s}", FakeCodec(s).compress, FakeCodec(s).decompress,
+                                     lambda data: len(data) - 9) for s in (64, 16))
+    return rd.CodecUnderTest("fake", "fake codec for tests", points)
+
+
+@pytest.fixture
+def tiny_images(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        yy, xx = np.mgrid[0:168, 0:176]
+        base = np.stack([xx * 1.4, yy * 1.5, (xx + yy) * 0.7], axis=2) + rng.normal(0, 8, (168, 176, 3))
+        Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_evaluate_fake_codec_averages_per_image(tiny_images: Path, tmp_path: Path):
+    codec = _fake_codec()
+    images = rd.list_images(tiny_images)
+    rows = rd.evaluate(codec, images, progress=False)
+    assert len(rows) == 4
+    file_json = rd.summarize(codec, rows, "file")
+    payload_json = rd.summarize(codec, rows, "payload")
+    first = [m for m in rows if m.point == "step=64"]
+    assert file_json["results"]["bpp"][0] == pytest.approx(np.mean([m.bpp for m in first]))
+    assert file_json["results"]["psnr-rgb"][0] == pytest.approx(np.mean([m.psnr for m in first]))
+    assert payload_json["results"]["bpp"][0] == pytest.approx(file_json["results"]["bpp"][0] - 72 / (168 * 176))
+    # finer quantization: more bits and higher quality
+    assert file_json["results"]["bpp"][1] > file_json["results"]["bpp"][0]
+    assert file_json["results"]["psnr-rgb"][1] > file_json["results"]["psnr-rgb"][0]
+    rd.check_results(file_json)
+
+
+def test_pillow_peers_and_files(tiny_images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    codecs, notes = peers.codecs_from_specs(["jpeg", "webp"])
+    codecs = [peers.pillow_codec(c.name, qualities=[20, 80]) for c in codecs] + [_fake_codec()]
+    for codec in codecs:
+        rd.save_codec_results(codec, rd.evaluate(codec, rd.list_images(tiny_images), progress=False), out)
+    rd.report(out, anchor="jpeg", reference_dir=REFERENCE)
+    data = json.loads((out / "jpeg.json").read_text())
+    assert set(data) >= {"name", "description", "results"}
+    assert set(data["results"]) == set(rd.RESULT_KEYS)
+    assert "quality [20, 80]" in data["description"] and "subsampling=4:2:0" in data["description"]
+    assert data["results"]["bpp"][0] < data["results"]["bpp"][1]
+    assert (out / "compressai-protocol" / "fake.json").is_file()
+    table = (out / "bd_rate.md").read_text()
+    assert "| webp |" in table and "| fake |" in table and "bmshj2018-hyperprior-mse-8bit" in table
+    assert {p.name for p in out.glob("rd-*")} == {"rd-psnr.png", "rd-psnr.svg", "rd-ms-ssim.png", "rd-ms-ssim.svg"}
+
+
+def test_bench_command_end_to_end(tiny_images: Path, tmp_path: Path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "jpeg", "--out", str(out),
+                                                "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert rd.read_results(out / "jpeg.json")["results"]["bpp"]
+
+
+def test_bench_command_unknown_codec_is_one_line(tiny_images: Path, tmp_path: Path):
+    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "gif", "--out",
+                                                str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "unknown codec 'gif'" in result.output and "Traceback" not in result.output
+
+
+def test_avif_is_reported_or_skipped():
+    codecs, notes = peers.codecs_from_specs(["avif"])
+    if peers.avif_available():
+        assert [c.name for c in codecs] == ["avif-420-s6", "avif-444-s2"]
+        assert codecs[1].settings["subsampling"] == "4:4:4" and codecs[1].settings["speed"] == 2
+    else:
+        assert not codecs and "without AVIF" in notes[0]
+
+
+def test_compressai_container_round_trip():
+    data = peers.pack_compressai(512, 768, (32, 48), [b"abc", b"de"])
+    assert peers.unpack_compressai(data) == (512, 768, (32, 48), [b"abc", b"de"])
+    assert peers.compressai_payload(data) == 5
+
+
+def test_visual_sheet_matches_rate(tiny_images: Path, tmp_path: Path):
+    from vqcodec import plots
+
+    image = rd.list_images(tiny_images)[0]
+    panels = plots.comparison_sheet(image, [peers.pillow_codec("jpeg"), _fake_codec()], 2.0, tmp_path / "sheet",
+                                    box=(8, 8, 64, 64))
+    assert [p.codec for p in panels] == ["jpeg", "fake"]
+    jpeg_q = {q: rd.measure(peers.pillow_codec("jpeg").make_point(q), rd.load_rgb(image), "x").bpp for q in (1, 100)}
+    assert jpeg_q[1] <= panels[0].bpp <= jpeg_q[100]
+    assert (tmp_path / "sheet.png").is_file() and (tmp_path / "sheet.svg").is_file()

@@ -1,0 +1,183 @@
+"""Training on the CPU with tiny models: loss goes down, resume repeats a straight run, DDP agrees, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import photo_like, tiny_model
+from vqcodec.checkpoint import load_model, load_state, save_model
+from vqcodec.runtime import lr_factor
+from vqcodec.train import (PriorTrainConfig, TrainConfig, resolve_prior_config, structural_similarity,
+                           train_config_from_dict, train_prior, train_vqvae)
+from vqcodec.vqvae import VQVAE2Config
+
+TINY = VQVAE2Config(channels=16, res_blocks=1, res_channels=8, downsample=(2, 2), codebook_size=(16, 8),
+                    code_dim=(8, 8), dead_after=1000)
+FAST = {"crop": 16, "batch_size": 4, "num_workers": 0, "device": "cpu", "warmup_steps": 2, "lr": 3e-3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two cores shared by many processes: several intra-op threads only spin against each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    for i in range(12):
+        Image.fromarray(photo_like(32, 32, seed=i)).save(root / f"{i:02d}.png")
+    return root
+
+
+def records(path: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_short_training_lowers_the_loss(images, tmp_path):
+    cfg = TrainConfig(data=str(images), out=str(tmp_path), vqvae=TINY, steps=25, log_every=5,
+                      val_every=25, val_fraction=0.25, **FAST)
+    path = train_vqvae(cfg)
+    train = records(tmp_path / "log.jsonl", "train")
+    assert train[-1]["loss"] < 0.9 * train[0]["loss"]
+    assert {"psnr", "perplexity", "in_use", "images_per_s", "lr"} <= set(train[-1])
+    assert len(train[-1]["perplexity"]) == 2 and train[-1]["images_per_s"] > 0
+    assert records(tmp_path / "log.jsonl", "val")[-1]["val_psnr"] > 0
+    vqvae, prior, meta = load_model(path)
+    assert prior is None and vqvae.config == TINY and meta["train_step"] == "25"
+    assert json.loads((tmp_path / "vqvae_config.json").read_text())["channels"] == 16
+
+
+def test_resume_repeats_an_uninterrupted_run(images, tmp_path):
+    base = dict(data=str(images), vqvae=TINY, steps=5, log_every=1, val_fraction=0.0, **FAST)
+    straight = train_vqvae(TrainConfig(out=str(tmp_path / "a"), **base))
+    # max_minutes=0 stops at the first check (step 1), mid-epoch, with a checkpoint.
+    train_vqvae(TrainConfig(out=str(tmp_path / "b"), max_minutes=0, **base))
+    assert load_state(tmp_path / "b" / "state.pt")["step"] == 1
+    resumed = train_vqvae(TrainConfig(out=str(tmp_path / "b"), resume=True, **base))
+    state = load_state(tmp_path / "b" / "state.pt")
+    assert state["step"] == 5 and state["scheduler"]["last_epoch"] == 5
+    a, b = load_model(straight)[0].state_dict(), load_model(resumed)[0].state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ddp_worker(rank: int, port: int, data: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    import vqcodec.train as train_module
+
+    placed = {}
+    place = train_module.place_model
+
+    def spy(model, rt, **kwargs):  # keeps this replica's model to compare afterwards
+        placed["model"] = place(model, rt, **kwargs)
+        return placed["model"]
+
+    train_module.place_model = spy
+    cfg = TrainConfig(data=data, out=out, vqvae=TINY, steps=3, log_every=1, val_fraction=0.0, **FAST)
+    train_module.train_vqvae(cfg)
+    torch.save(placed["model"].state_dict(), Path(out) / f"replica{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_replicas_agree(images, tmp_path):
+    # fork: the children inherit the imported modules instead of importing torch again
+    mp.start_processes(_ddp_worker, args=(_free_port(), str(images), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    r0 = torch.load(tmp_path / "replica0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "replica1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    saved = load_model(tmp_path / "vqvae.safetensors")[0].state_dict()
+    assert all(torch.equal(saved[k], r0[k]) for k in saved)
+    assert load_state(tmp_path / "state.pt")["step"] == 3
+    assert records(tmp_path / "log.jsonl", "train")[-1]["images_per_s"] > 0
+
+
+def test_prior_training_lowers_the_loss(images, tmp_path):
+    vqvae, _ = tiny_model(seed=3)  # downsample (4, 2): crop 32 gives 8x8 and 4x4 symbol maps
+    save_model(tmp_path / "vq.safetensors", vqvae, None)
+    cfg = PriorTrainConfig(data=str(images), out=str(tmp_path), vqvae=str(tmp_path / "vq.safetensors"),
+                           prior={"channels": 8, "layers": 2, "fast_layers": 2, "fast_groups": [2, 2]},
+                           steps=20, log_every=5, val_every=20, val_fraction=0.25,
+                           **{**FAST, "crop": 32})
+    path = train_prior(cfg)
+    train = records(tmp_path / "prior_log.jsonl", "train")
+    assert train[-1]["loss"] < 0.95 * train[0]["loss"]
+    val = records(tmp_path / "prior_log.jsonl", "val")[-1]
+    assert len(val["val_bits_per_symbol_fast"]) == 2 and val["val_bpp_raster"] > 0
+    vq2, prior, _ = load_model(path)
+    assert prior is not None and prior.config.channels == 8
+    assert all(torch.equal(a, b) for a, b in zip(vq2.state_dict().values(), vqvae.state_dict().values()))
+
+
+def test_prior_config_comes_from_the_vqvae():
+    cfg = resolve_prior_config(TINY, {"channels": 12})
+    assert cfg.codebook_size == (16, 8) and cfg.upsample == (2,) and cfg.channels == 12
+    with pytest.raises(ValueError, match="does not match"):
+        resolve_prior_config(TINY, {"codebook_size": [16, 16]})
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_configs_refuse_bad_values():
+    with pytest.raises(ValueError):
+        TrainConfig(data="d", out="o", steps=0)
+    with pytest.raises(ValueError, match="unknown"):
+        train_config_from_dict({"data": "d", "out": "o", "stpes": 3})
+    cfg = train_config_from_dict({"data": "d", "out": "o", "vqvae": {"channels": 32}})
+    assert cfg.vqvae.channels == 32
+
+
+def test_small_crops_fall_back_to_ssim():
+    with pytest.warns(UserWarning, match="SSIM"):
+        similarity = structural_similarity(16)
+    x = torch.rand(2, 3, 16, 16)
+    assert float(similarity(x, x)) == pytest.approx(1.0)
+
+
+def test_cli_train_and_recipe_errors(images, tmp_path):
+    from vqcodec.cli.training import train_command
+
+    (tmp_path / "vq.json").write_text(json.dumps(TINY.to_dict()))
+    args = ["--data", str(images), "--out", str(tmp_path / "run"), "--vqvae-config", str(tmp_path / "vq.json"),
+            "--steps", "2", "--crop", "16", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+            "--val-fraction", "0"]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "vqvae.safetensors").is_file()
+    from vqcodec.cli.training import train_prior_command
+
+    (tmp_path / "prior.json").write_text(json.dumps({"channels": 8, "layers": 1, "fast_layers": 2}))
+    prior_args = [*args[:4], "--vqvae", str(tmp_path / "run" / "vqvae.safetensors"),
+                  "--prior-config", str(tmp_path / "prior.json"), *args[6:]]
+    result = CliRunner().invoke(train_prior_command, prior_args)
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "run" / "model.safetensors")[1].config.layers == 1
+    result = CliRunner().invoke(train_command, [*args, "--config", "no-such-recipe"])
+    assert result.exit_code == 2 and "no-such-recipe" in result.output
+    result = CliRunner().invoke(train_command, ["--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--data is required" in result.output

@@ -1,0 +1,114 @@
+"""VQVAE2: shapes per level, odd sizes, encode/decode consistency, config and state round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from vqcodec.vqvae import VQVAE2, VQVAE2Config
+
+DOWNSAMPLE = {1: (4,), 2: (4, 2), 3: (2, 2, 2)}
+H, W = 37, 53
+
+
+def tiny_config(levels: int, **changes: object) -> VQVAE2Config:
+    cfg = VQVAE2Config(channels=8, res_blocks=1, res_channels=4, downsample=DOWNSAMPLE[levels],
+                       codebook_size=(16, 8, 4)[:levels], code_dim=(4, 3, 2)[:levels])
+    return VQVAE2Config.from_dict({**cfg.to_dict(), **changes})
+
+
+def trained_model(levels: int, **changes: object) -> tuple[VQVAE2, torch.Tensor]:
+    """A tiny model after one training-mode forward (codebooks seeded from data), in eval mode."""
+    torch.manual_seed(levels)
+    model = VQVAE2(tiny_config(levels, **changes))
+    x = torch.rand(2, 3, H, W)
+    model(x)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_forward_keeps_odd_sizes_and_matches_latent_sizes(levels: int) -> None:
+    model, x = trained_model(levels)
+    out = model(x)
+    assert out.x_hat.shape == x.shape and out.x_hat.dtype == torch.float32
+    assert out.vq_loss.shape == () and torch.isfinite(out.vq_loss)
+    sizes = model.latent_sizes(H, W)
+    assert [tuple(s.shape[1:]) for s in out.symbols] == sizes
+    assert [tuple(s.shape[1:]) for s in model.encode(x)] == sizes
+    assert all(s.dtype == torch.int64 for s in out.symbols)
+    m = model.multiple
+    assert sizes[0] == (-(-H // m) * m // DOWNSAMPLE[levels][0], -(-W // m) * m // DOWNSAMPLE[levels][0])
+
+
+def test_latent_sizes_hand_values() -> None:
+    model = VQVAE2(tiny_config(2))
+    assert model.multiple == 8
+    assert model.latent_sizes(37, 53) == [(10, 14), (5, 7)]  # padded to 40 x 56
+    assert model.latent_sizes(8, 16) == [(2, 4), (1, 2)]
+
+
+@pytest.mark.parametrize("levels, ema", [(1, True), (2, False), (3, True)])
+def test_decode_of_encode_equals_forward_in_eval(levels: int, ema: bool) -> None:
+    model, x = trained_model(levels, ema=ema)
+    with torch.no_grad():
+        out = model(x)
+    symbols = model.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(symbols, out.symbols))
+    assert symbols[0].unique().numel() > 1  # seeded codebook: a non-trivial case
+    x_hat = model.decode(symbols, size=(H, W))
+    assert torch.allclose(x_hat, out.x_hat, atol=1e-6)
+    assert model.decode(symbols).shape[2:] == (40, 56)  # no size: the padded grid
+
+
+def test_encode_changes_no_state_even_in_training_mode() -> None:
+    model = VQVAE2(tiny_config(2, dead_after=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.encode(torch.rand(1, 3, 16, 24))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_training_step_gives_encoder_and_decoder_gradients() -> None:
+    torch.manual_seed(0)
+    model = VQVAE2(tiny_config(2, ema=False))
+    x = torch.rand(1, 3, 16, 24)
+    out = model(x)
+    ((out.x_hat - x).pow(2).mean() + out.vq_loss).backward()
+    for part in (model.encoders[0], model.encoders[1], model.decoder, model.cond_decoders[0]):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert model.quantizers[1].codebook.grad is not None
+
+
+def test_config_round_trip_through_json() -> None:
+    cfg = tiny_config(3, ema=False, decay=0.9)
+    back = VQVAE2Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and isinstance(back.downsample, tuple)
+    assert back.levels == 3
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        VQVAE2Config.from_dict({**VQVAE2Config().to_dict(), "activation": "gelu"})
+    with pytest.raises(ValueError):
+        VQVAE2Config(downsample=(4, 2), codebook_size=(512,), code_dim=(64, 64))
+    with pytest.raises(ValueError):
+        VQVAE2Config(downsample=(3, 2))
+
+
+def test_state_dict_save_load_gives_identical_outputs() -> None:
+    model, x = trained_model(2)
+    data = safetensors.torch.save(model.state_dict())  # no shared or non-contiguous tensors
+    fresh = VQVAE2(model.config)
+    fresh.load_state_dict(safetensors.torch.load(data))
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x).x_hat, model(x).x_hat)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.encode(x), model.encode(x)))
+
+
+def test_decode_rejects_wrong_number_of_levels() -> None:
+    model = VQVAE2(tiny_config(2))
+    with pytest.raises(ValueError):
+        model.decode([torch.zeros(1, 2, 2, dtype=torch.int64)])

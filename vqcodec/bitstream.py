@@ -1,0 +1,309 @@
+"""The .vqc container: header, entropy-coded chunks, checksums. Standard library only.
+
+Layout (version 1, little-endian; docs/bitstream.md is the normative spec)::
+
+    prefix   "VQC" | version u8 | flags u8 | mode u8 | width u16 | height u16        10 bytes
+    model    name length u8 | name (ASCII)                                      1 + 1..32
+    digest   weights digest                                                           8
+    levels   level count u8 | (h u16, w u16) per level, bottom first                1 + 4 L
+    chunks   chunk count u8 | length u32 per chunk, top level first                 1 + 4 C
+    check    CRC32 of the decoded symbol maps u32                                        4
+    payload  the chunks, concatenated
+    trailer  CRC32 of every byte before it u32                                           4
+
+``unpack`` checks magic, version and the trailer CRC before it parses anything else, then
+bounds every field; any failure is a BitstreamError that names the field. Nothing is
+allocated from a size read out of the file except the header fields themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Iterable, Union
+
+from vqcodec.errors import BitstreamError
+
+__all__ = ["MAGIC", "VERSION", "Header", "pack", "unpack", "read_header", "symbols_checksum",
+           "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH"]
+
+MAGIC = b"VQC"
+VERSION = 1
+
+MAX_SIDE = 65535                 # image sides and symbol-map sides
+MAX_PIXELS = 1 << 28             # width * height (16384 x 16384): bounds what a reader allocates
+MAX_SYMBOLS = 1 << 24            # sum of h * w over all levels
+MAX_LEVELS = 4
+MAX_NAME_LENGTH = 32
+DIGEST_SIZE = 8
+
+_PREFIX = struct.Struct("<3sBBBHH")   # magic, version, flags, mode, width, height
+_U8 = struct.Struct("<B")             # name length, level count, chunk count
+_SHAPE = struct.Struct("<HH")         # h, w of one symbol map
+_U32 = struct.Struct("<I")            # chunk length, symbols CRC, file CRC
+
+_FLAG_RASTER = 0x01                   # bit 0: decode order (0 = fast, 1 = raster)
+_FLAGS_KNOWN = _FLAG_RASTER
+_ORDERS = {"fast": 0, "raster": _FLAG_RASTER}
+_MODES = {"L": 1, "RGB": 3, "RGBA": 4}            # code = channel count
+_MODE_NAMES = {code: name for name, code in _MODES.items()}
+# Printable ASCII, no path separators, no surrounding spaces: the name selects a bundled model.
+_NAME = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+_MIN_FILE = _PREFIX.size + 1 + 1 + DIGEST_SIZE + 1 + _SHAPE.size + 1 + _U32.size * 3
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH:
+        raise ValueError(f"model name must be a str of 1..{MAX_NAME_LENGTH} characters, got {name!r}")
+    if not _NAME.fullmatch(name) or "/" in name or "\\" in name:
+        raise ValueError(f"model name must be printable ASCII without slashes or surrounding "
+                         f"spaces, got {name!r}")
+
+
+def _check_level_shapes(shapes: object) -> tuple[tuple[int, int], ...]:
+    if not isinstance(shapes, (tuple, list)) or not 1 <= len(shapes) <= MAX_LEVELS:
+        raise ValueError(f"level shapes must be 1..{MAX_LEVELS} (h, w) pairs, got {shapes!r}")
+    result = []
+    for level, shape in enumerate(shapes):
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                or not all(_is_int(side) and 1 <= side <= MAX_SIDE for side in shape)):
+            raise ValueError(f"level shape {level} must be (h, w) with sides 1..{MAX_SIDE}, "
+                             f"got {shape!r}")
+        result.append((int(shape[0]), int(shape[1])))
+    total = sum(h * w for h, w in result)
+    if total > MAX_SYMBOLS:
+        raise ValueError(f"level shapes hold {total} symbols, more than {MAX_SYMBOLS}")
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a decoder needs besides the chunks. Validated on construction (ValueError).
+
+    Attributes:
+        model_name: bundled model that decodes the file; printable ASCII, 1..32 characters.
+        weights_digest: 8 bytes, the first 8 of the SHA-256 of the weights file.
+        width, height: original image size, 1..65535 each, width * height <= MAX_PIXELS.
+        mode: "RGB" | "L" | "RGBA" (opaque alpha only).
+        order: "fast" | "raster", the decode schedule the encoder used.
+        level_shapes: per level, bottom first, (h, w) of each symbol map (lists become tuples).
+        symbols_crc: CRC32 over the symbol maps (see ``symbols_checksum``), 0..2**32 - 1.
+    """
+
+    model_name: str
+    weights_digest: bytes
+    width: int
+    height: int
+    mode: str
+    order: str
+    level_shapes: tuple[tuple[int, int], ...]
+    symbols_crc: int
+
+    def __post_init__(self) -> None:
+        _check_name(self.model_name)
+        if not isinstance(self.weights_digest, bytes) or len(self.weights_digest) != DIGEST_SIZE:
+            raise ValueError(f"weights digest must be {DIGEST_SIZE} bytes, got {self.weights_digest!r}")
+        for field, value in (("width", self.width), ("height", self.height)):
+            if not _is_int(value) or not 1 <= value <= MAX_SIDE:
+                raise ValueError(f"{field} must be an int in 1..{MAX_SIDE}, got {value!r}")
+        if self.width * self.height > MAX_PIXELS:
+            raise ValueError(f"image of {self.width} x {self.height} exceeds {MAX_PIXELS} pixels")
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {self.mode!r}")
+        if self.order not in _ORDERS:
+            raise ValueError(f"order must be one of {sorted(_ORDERS)}, got {self.order!r}")
+        shapes = _check_level_shapes(self.level_shapes)
+        if not _is_int(self.symbols_crc) or not 0 <= self.symbols_crc <= 0xFFFFFFFF:
+            raise ValueError(f"symbols CRC must be an int in 0..2**32-1, got {self.symbols_crc!r}")
+        object.__setattr__(self, "level_shapes", shapes)
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+        object.__setattr__(self, "symbols_crc", int(self.symbols_crc))
+
+    @property
+    def levels(self) -> int:
+        """Number of levels (and of chunks)."""
+        return len(self.level_shapes)
+
+
+def symbols_checksum(level_bytes: Iterable[Buffer]) -> int:
+    """CRC32 for ``Header.symbols_crc``.
+
+    Args:
+        level_bytes: per level, TOP level first, the symbol map as int32 little-endian bytes in
+            raster order (numpy: ``symbols.astype("<i4").tobytes()``).
+    """
+    crc = 0
+    for chunk in level_bytes:
+        crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _encode_header(header: Header, chunk_lengths: list[int]) -> bytes:
+    flags = _ORDERS[header.order]
+    name = header.model_name.encode("ascii")
+    parts = [_PREFIX.pack(MAGIC, VERSION, flags, _MODES[header.mode], header.width, header.height),
+             _U8.pack(len(name)), name, header.weights_digest, _U8.pack(header.levels)]
+    parts += [_SHAPE.pack(h, w) for h, w in header.level_shapes]
+    parts.append(_U8.pack(len(chunk_lengths)))
+    parts += [_U32.pack(length) for length in chunk_lengths]
+    parts.append(_U32.pack(header.symbols_crc))
+    return b"".join(parts)
+
+
+def pack(header: Header, chunks: list[bytes]) -> bytes:
+    """Serialise a file.
+
+    Args:
+        header: a validated Header.
+        chunks: one entropy-coded chunk per level, TOP level first.
+
+    Returns:
+        The complete file: header, chunks, CRC32 trailer.
+
+    Raises:
+        ValueError: header is not a Header, or the chunks do not fit the header.
+    """
+    if not isinstance(header, Header):
+        raise ValueError(f"header must be a Header, got {type(header).__name__}")
+    if len(chunks) != header.levels:
+        raise ValueError(f"expected {header.levels} chunks (one per level), got {len(chunks)}")
+    lengths = [len(chunk) for chunk in chunks]
+    if any(length > 0xFFFFFFFF for length in lengths):
+        raise ValueError("a chunk is longer than 2**32 - 1 bytes")
+    body = _encode_header(header, lengths) + b"".join(bytes(chunk) for chunk in chunks)
+    return body + _U32.pack(zlib.crc32(body))
+
+
+class _Reader:
+    """Bounds-checked cursor over a buffer; every read names its field."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data, self.offset = data, 0
+
+    def read(self, fmt: struct.Struct, field: str) -> tuple:
+        if self.offset + fmt.size > len(self.data):
+            raise BitstreamError(f"file is truncated: it ends inside the {field} field")
+        values = fmt.unpack_from(self.data, self.offset)
+        self.offset += fmt.size
+        return values
+
+    def take(self, size: int, field: str) -> bytes:
+        if self.offset + size > len(self.data):
+            raise BitstreamError(f"file is truncated: it ends inside the {field} field")
+        value = bytes(self.data[self.offset:self.offset + size])
+        self.offset += size
+        return value
+
+
+def _check_prefix(data: memoryview) -> None:
+    if len(data) < 4 and (MAGIC + bytes([VERSION])).startswith(bytes(data)):
+        raise BitstreamError(f"file is truncated: {len(data)} bytes")
+    if len(data) < 4 or bytes(data[:3]) != MAGIC:
+        raise BitstreamError("not a vqcodec file (magic bytes are not 'VQC')")
+    version = data[3]
+    if version > VERSION:
+        raise BitstreamError(f"format version {version} is newer than this vqcodec reads "
+                             f"(version {VERSION}); upgrade vqcodec")
+    if version != VERSION:
+        raise BitstreamError(f"format version {version} is invalid")
+
+
+def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
+    """Parse the header after the magic and version checks; returns it and the chunk lengths."""
+    _, _, flags, mode, width, height = reader.read(_PREFIX, "prefix")
+    if flags & ~_FLAGS_KNOWN:
+        raise BitstreamError(f"flags field has unknown bits set (0x{flags:02x})")
+    if mode not in _MODE_NAMES:
+        raise BitstreamError(f"image mode field holds unknown code {mode}")
+    if width == 0 or height == 0:
+        raise BitstreamError(f"width/height field is zero ({width} x {height})")
+    if width * height > MAX_PIXELS:
+        raise BitstreamError(f"width/height field: {width} x {height} exceeds {MAX_PIXELS} pixels")
+    (name_length,) = reader.read(_U8, "model name length")
+    if not 1 <= name_length <= MAX_NAME_LENGTH:
+        raise BitstreamError(f"model name length field is {name_length}, not 1..{MAX_NAME_LENGTH}")
+    raw_name = reader.take(name_length, "model name")
+    try:
+        name = raw_name.decode("ascii")
+        _check_name(name)
+    except (UnicodeDecodeError, ValueError):
+        raise BitstreamError(f"model name field is not a valid name: {raw_name!r}") from None
+    digest = reader.take(DIGEST_SIZE, "weights digest")
+    (levels,) = reader.read(_U8, "level count")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise BitstreamError(f"level count field is {levels}, not 1..{MAX_LEVELS}")
+    shapes = [reader.read(_SHAPE, f"level {level} shape") for level in range(levels)]
+    try:
+        shapes_checked = _check_level_shapes(shapes)
+    except ValueError as err:
+        raise BitstreamError(f"level shape fields: {err}") from None
+    (chunk_count,) = reader.read(_U8, "chunk count")
+    if chunk_count != levels:
+        raise BitstreamError(f"chunk count field is {chunk_count}, but the file has {levels} levels")
+    lengths = [reader.read(_U32, f"chunk {index} length")[0] for index in range(chunk_count)]
+    (symbols_crc,) = reader.read(_U32, "symbols CRC")
+    try:
+        header = Header(model_name=name, weights_digest=digest, width=width, height=height,
+                        mode=_MODE_NAMES[mode], order="raster" if flags & _FLAG_RASTER else "fast",
+                        level_shapes=shapes_checked, symbols_crc=symbols_crc)
+    except ValueError as err:  # every field is checked above; kept as a safety net
+        raise BitstreamError(f"invalid header: {err}") from None
+    return header, lengths
+
+
+def read_header(data: Buffer) -> Header:
+    """Parse and validate the header only (for ``vqcodec info``).
+
+    Does not verify the file CRC or the payload; ``data`` may be just the beginning of a file.
+
+    Raises:
+        BitstreamError: not a vqcodec file, newer version, truncated header or a field out of
+            bounds (the message names the field).
+    """
+    view = memoryview(data).cast("B")
+    _check_prefix(view)
+    return _parse_fields(_Reader(view))[0]
+
+
+def unpack(data: Buffer) -> tuple[Header, list[bytes]]:
+    """Parse a whole file strictly.
+
+    Checks, in order: magic, version, minimum length, CRC32 trailer (before any other field is
+    trusted), every header field's bounds, chunk lengths summing exactly to the payload.
+
+    Returns:
+        (header, chunks), one chunk per level, TOP level first.
+
+    Raises:
+        BitstreamError: naming the field that is wrong.
+    """
+    view = memoryview(data).cast("B")
+    _check_prefix(view)
+    if len(view) < _MIN_FILE:
+        raise BitstreamError(f"file is truncated: {len(view)} bytes is shorter than the smallest "
+                             f"valid file ({_MIN_FILE} bytes)")
+    body = view[:-_U32.size]
+    (stored_crc,) = _U32.unpack_from(view, len(body))
+    if zlib.crc32(body) != stored_crc:
+        raise BitstreamError("file CRC field does not match: the file is corrupt or truncated")
+    reader = _Reader(body)
+    header, lengths = _parse_fields(reader)
+    payload = len(body) - reader.offset
+    if sum(lengths) != payload:
+        raise BitstreamError(f"chunk length fields sum to {sum(lengths)} bytes, but the payload "
+                             f"holds {payload} bytes")
+    chunks = []
+    for length in lengths:
+        chunks.append(reader.take(length, "chunk"))
+    return header, chunks

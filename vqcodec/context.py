@@ -1,0 +1,304 @@
+"""Context networks of the symbol prior: one per level and decode order.
+
+GatedPixelCNN (raster order, exact): van den Oord et al. 2016, "Conditional Image Generation with
+PixelCNN Decoders": a vertical stack (rows strictly above) and a horizontal stack (same row,
+columns to the left), gated tanh * sigmoid units, residual horizontal stack, no blind spot.
+Every convolution is unpadded ("valid"): the full-map pass pads its inputs with zeros, the
+one-position pass of the decoder runs the same layers on a crop that covers the receptive field
+and zeroes what lies outside the map after every layer, which is what the padding does.
+
+GroupedContextModel (fast order): the map is cut into s x s interleaved groups; pass g predicts
+group g from the symbols of groups < g, on the pixel-unshuffled (h/s, w/s) grid, where each cell
+holds one s x s block and therefore exactly one position of every group.
+
+Both take the coarser level's symbols through a ConditionNet (none at the top level).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FIRST_KERNEL = 3  # first gated layer: 1 row above (3 columns), 1 column left (mask "A")
+KERNEL = 3  # later gated layers: 1 row above + own row, 1 column each side (mask "B")
+CONDITION_CONVS = 2  # 3x3 convolutions on the coarser grid before upsampling
+
+
+def _gate(x: Tensor) -> Tensor:
+    """(B, 2C, ...) -> (B, C, ...): tanh(a) * sigmoid(b), the gated unit of the paper."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def _plus(x: Tensor, bias: Tensor | None) -> Tensor:
+    return x if bias is None else x + bias
+
+
+def _bottom_center(x: Tensor, height: int, width: int) -> Tensor:
+    """Last `height` rows, centred `width` columns of x (..., H, W): the layer's output box."""
+    left = (x.shape[-1] - width) // 2
+    return x[..., x.shape[-2] - height :, left : left + width]
+
+
+def _bottom_left(x: Tensor, height: int, width: int) -> Tensor:
+    """Last `height` rows, first `width` columns: where the horizontal stack sits in the vertical box."""
+    return x[..., x.shape[-2] - height :, :width]
+
+
+def _bottom_right(x: Tensor, height: int, width: int) -> Tensor:
+    """Last `height` rows, last `width` columns: a shrinking horizontal stack keeps its right end."""
+    return x[..., x.shape[-2] - height :, x.shape[-1] - width :]
+
+
+class ConditionNet(nn.Module):
+    """Coarser level's symbols -> conditioning features on this level's grid.
+
+    embed -> CONDITION_CONVS residual 3x3 convs -> transposed conv (kernel = stride = upsample).
+    """
+
+    def __init__(self, codebook_size: int, channels: int, upsample: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(codebook_size, channels)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(CONDITION_CONVS))
+        self.up = nn.ConvTranspose2d(channels, channels, upsample, stride=upsample)
+
+    def forward(self, context: Tensor) -> Tensor:
+        """context (B, h', w') int64 -> (B, C, h' * upsample, w' * upsample) float32."""
+        x = self.embed(context).permute(0, 3, 1, 2)
+        for conv in self.convs:
+            x = x + conv(F.relu(x))
+        return self.up(F.relu(x))
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks; unpadded convolutions, so the caller shapes the inputs.
+
+    Vertical input covers the rows the kernel reads (first layer: rows strictly above; later
+    layers: one row above and the own row of the previous vertical output, which itself only
+    saw rows above). Horizontal input: the row, `p` columns further left (first layer: strictly
+    left; later layers: left and the own column).
+    """
+
+    def __init__(self, channels: int, kernel: int, *, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.p = kernel // 2
+        rows = self.p if first else self.p + 1
+        self.v_conv = nn.Conv2d(channels, 2 * channels, (rows, kernel))
+        self.h_conv = nn.Conv2d(channels, 2 * channels, (1, rows))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+
+    def pad(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Full-map inputs (B, C, h, w) -> zero-padded (and, for the first layer, shifted) inputs."""
+        p = self.p
+        if self.first:  # drop the own row / column: the first layer never reads the current symbol
+            return F.pad(v, (p, p, p, -1)), F.pad(h, (p, -1, 0, 0))
+        return F.pad(v, (p, p, p, 0)), F.pad(h, (p, 0, 0, 0))
+
+    def forward(self, v_in: Tensor, h_in: Tensor, cond: Tensor | None,
+                inside: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One layer on prepared inputs.
+
+        Args:
+            v_in: (B, C, Hv + rows - 1, Wv + 2p) vertical input; output box is (Hv, Wv).
+            h_in: (B, C, Hh, Wh + rows - 1) horizontal input; its output box is the bottom-left
+                (Hh, Wh) part of the vertical box.
+            cond: (B, 2C, >=Hh, >=Wh) conditioning bias of the horizontal stack, bottom-right aligned
+                with its output, or None.
+            inside: (1, 1, >=Hv, >=Wv) 1 inside the map, 0 outside (bottom-centre aligned), or None
+                when the inputs were padded (full map).
+        Returns:
+            v (B, C, Hv, Wv), h (B, C, Hh, Wh).
+        """
+        v_pre = self.v_conv(v_in)  # (B, 2C, Hv, Wv)
+        h_conv = self.h_conv(h_in)  # (B, 2C, Hh, Wh)
+        hv, wv, hh, wh = *v_pre.shape[-2:], *h_conv.shape[-2:]
+        if cond is not None:
+            h_conv = h_conv + _bottom_right(cond, hh, wh)
+        h_pre = h_conv + self.v_to_h(_bottom_left(v_pre, hh, wh))
+        v, h = _gate(v_pre), self.h_out(_gate(h_pre))
+        if not self.first:  # residual; the first layer's input holds the current symbol
+            h = h + h_in[..., h_in.shape[-1] - wh :]
+        if inside is not None:  # what the padding of the next layer would see: zeros off the map
+            inside = _bottom_center(inside, hv, wv)
+            v, h = v * inside, h * _bottom_left(inside, hh, wh)
+        return v, h
+
+
+class GatedPixelCNN(nn.Module):
+    """Raster-order prior of one level, conditioned on the coarser level when `upsample` is given.
+
+        symbols ─► embed ─► [gated layer] x layers ─► h ─► relu/1x1/relu/1x1 ─► logits (K)
+        context ─► ConditionNet ─► 1x1 ─► per-layer bias ──┘
+
+    The conditioning bias enters the horizontal stack of every layer, the one that produces the
+    output; the vertical stack stays unconditioned, which keeps the per-position decode step cheap
+    (its conditioning would be needed on the whole crop, the horizontal one only on a row).
+    """
+
+    def __init__(self, codebook_size: int, channels: int, layers: int, upsample: int | None,
+                 context_codebook_size: int | None) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(codebook_size, channels)
+        self.layers = nn.ModuleList([GatedLayer(channels, FIRST_KERNEL, first=True)]
+                                    + [GatedLayer(channels, KERNEL, first=False) for _ in range(layers - 1)])
+        self.condition: ConditionNet | None = None
+        self.cond_proj: nn.Conv2d | None = None
+        if upsample is not None and context_codebook_size is not None:
+            self.condition = ConditionNet(context_codebook_size, channels, upsample)
+            self.cond_proj = nn.Conv2d(channels, layers * 2 * channels, 1)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1),
+                                  nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
+        # Receptive field: `margin` rows above and columns each side; the first layer's
+        # output box (conditioning and inside-map masks of a crop) has radius `box`.
+        self.box = (layers - 1) * (KERNEL // 2)
+        self.margin = FIRST_KERNEL // 2 + self.box
+
+    def features(self, context: Tensor | None, height: int, width: int) -> Tensor | None:
+        """context (B, h', w') int64 -> conditioning features (B, C, height, width), None at the top."""
+        if self.condition is None:
+            return None
+        assert context is not None, "a conditioned level needs the coarser level's symbols"
+        return self.condition(context)[..., :height, :width]
+
+    def forward(self, symbols: Tensor, features: Tensor | None) -> Tensor:
+        """Teacher-forced logits of a whole map: symbols (B, h, w) int64 -> (B, K, h, w) float32."""
+        x = self.embed(symbols).permute(0, 3, 1, 2)
+        cond = self._cond(features)
+        v, h = x, x
+        for n, layer in enumerate(self.layers):
+            v, h = layer(*layer.pad(v, h), None if cond is None else cond[n], None)
+        return self.head(h)
+
+    def crop_logits(self, embedded: Tensor, features: Tensor | None, inside: Tensor) -> Tensor:
+        """Logits of one position from a crop around it.
+
+        Args:
+            embedded: (1, C, margin + 1, 2 * margin + 1) embedding of the visible symbols; the
+                position is the bottom row's centre; zero off the map and at not-yet-decoded places.
+            features: (1, C, 1, box + 1) conditioning features of the bottom row's left half (up to
+                and including the position), or None.
+            inside: (1, 1, box + 1, 2 * box + 1) 1 on the map, 0 off it.
+        Returns:
+            (1, K) float32 logits.
+        """
+        margin = self.margin
+        v, h = embedded[:, :, :-1], embedded[:, :, -1:, :margin]
+        cond = self._cond(features)
+        for n, layer in enumerate(self.layers):
+            v, h = layer(v, h, None if cond is None else cond[n], inside)
+        return self.head(h)[:, :, 0, 0]
+
+    def _cond(self, features: Tensor | None) -> tuple[Tensor, ...] | None:
+        """(B, C, H, W) -> per layer (B, 2C, H, W) biases, from one 1x1 convolution."""
+        if self.cond_proj is None or features is None:
+            return None
+        return self.cond_proj(features).chunk(len(self.layers), dim=1)
+
+
+def group_order(side: int) -> list[tuple[int, int]]:
+    """Decode order of the phases (i mod s, j mod s) of an s x s group pattern, s a power of two.
+
+    Coarse to fine, like a multi-scale pyramid: the phases of the s/2 pattern (scaled by 2), then
+    the diagonal offsets, then the horizontal and vertical ones, so every later group sees the
+    earlier ones as evenly spread neighbours. side 2: (0,0), (1,1), (0,1), (1,0).
+    """
+    if side == 1:
+        return [(0, 0)]
+    coarse = group_order(side // 2)
+    diagonal = [(2 * a + 1, 2 * b + 1) for a, b in coarse]
+    straight = [cell for a, b in coarse for cell in ((2 * a, 2 * b + 1), (2 * a + 1, 2 * b))]
+    return [(2 * a, 2 * b) for a, b in coarse] + diagonal + straight
+
+
+class GroupedContextModel(nn.Module):
+    """Fast-order prior of one level: s * s passes, one network evaluation each.
+
+        visible symbols ─► embed * mask ─┐
+        mask (0/1) ──────────────────────┴► unshuffle(s) ─► 1x1 ─► [+ bias, x + 3x3(relu x)] x (layers - 2)
+        context ─► ConditionNet ─► unshuffle(s) ─► 1x1 ─► biases ─────┘      ─► relu/1x1 ─► logits of group g
+    """
+
+    def __init__(self, codebook_size: int, channels: int, layers: int, side: int, upsample: int | None,
+                 context_codebook_size: int | None) -> None:
+        super().__init__()
+        self.side = side
+        self.order = group_order(side)
+        units = max(layers - 2, 0)  # `layers` counts the input and output 1x1 convolutions too
+        self.embed = nn.Embedding(codebook_size, channels)
+        self.inp = nn.Conv2d(side * side * (channels + 1), channels, 1)
+        self.units = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(units))
+        self.condition: ConditionNet | None = None
+        self.cond_proj: nn.Conv2d | None = None
+        if upsample is not None and context_codebook_size is not None:
+            self.condition = ConditionNet(context_codebook_size, channels, upsample)
+            self.cond_proj = nn.Conv2d(side * side * channels, (units + 1) * channels, 1)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) rounded up to multiples of the group side."""
+        s = self.side
+        return -(-height // s) * s, -(-width // s) * s
+
+    def group_map(self, height: int, width: int) -> Tensor:
+        """(hp, wp) int64: the group (pass index) of every position of the padded map."""
+        s = self.side
+        rank = torch.empty(s, s, dtype=torch.int64)
+        for g, (a, b) in enumerate(self.order):
+            rank[a, b] = g
+        hp, wp = self.padded_size(height, width)
+        return rank.repeat(hp // s, wp // s)
+
+    def visibility(self, height: int, width: int, group: int) -> Tensor:
+        """(1, 1, hp, wp) float32: 1 where a symbol is known before pass `group` (earlier group, on the map)."""
+        hp, wp = self.padded_size(height, width)
+        visible = self.group_map(height, width) < group
+        visible[height:], visible[:, width:] = False, False
+        return visible.float().view(1, 1, hp, wp)
+
+    def features(self, context: Tensor | None, height: int, width: int) -> Tensor | None:
+        """context (B, h', w') int64 -> per-unit biases (B, (units + 1) * C, hp / s, wp / s), or None."""
+        if self.condition is None or self.cond_proj is None:
+            return None
+        assert context is not None, "a conditioned level needs the coarser level's symbols"
+        cond = self.condition(context)[..., :height, :width]  # (B, C, h, w)
+        hp, wp = self.padded_size(height, width)
+        cond = F.pad(cond, (0, wp - width, 0, hp - height))
+        return self.cond_proj(F.pixel_unshuffle(cond, self.side))
+
+    def pass_logits(self, symbols: Tensor, visible: Tensor, features: Tensor | None) -> Tensor:
+        """One pass: logits of the group whose symbols are the first invisible phase.
+
+        Args:
+            symbols: (B, hp, wp) int64, already zero where `visible` is 0.
+            visible: (1, 1, hp, wp) float32 0/1 mask of the symbols this pass may read.
+            features: (B, (units + 1) * C, hp / s, wp / s) biases from `features`, or None.
+        Returns:
+            (B, K, hp / s, wp / s) float32: cell (I, J) holds the logits of that block's position
+            of the group being decoded.
+        """
+        x = self.embed(symbols).permute(0, 3, 1, 2) * visible  # (B, C, hp, wp)
+        x = torch.cat([x, visible.expand(x.shape[0], 1, -1, -1)], dim=1)
+        x = self.inp(F.pixel_unshuffle(x, self.side))  # (B, C, hp / s, wp / s)
+        count = len(self.units) + 1
+        biases: list[Tensor | None] = [None] * count if features is None else list(features.chunk(count, dim=1))
+        x = _plus(x, biases[0])
+        for unit, bias in zip(self.units, biases[1:]):
+            x = _plus(x, bias)
+            x = x + unit(F.relu(x))
+        return self.head(x)
+
+    def forward(self, symbols: Tensor, features: Tensor | None) -> Tensor:
+        """Teacher-forced logits, s * s passes with their visibility: (B, h, w) int64 -> (B, K, h, w)."""
+        height, width = symbols.shape[-2:]
+        hp, wp = self.padded_size(height, width)
+        padded = F.pad(symbols, (0, wp - width, 0, hp - height))
+        by_phase: list[Tensor | None] = [None] * len(self.order)
+        for g, (a, b) in enumerate(self.order):
+            visible = self.visibility(height, width, g).to(symbols.device)
+            hidden = torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded))
+            by_phase[a * self.side + b] = self.pass_logits(hidden, visible, features)
+        stacked = torch.stack(by_phase, dim=2).flatten(1, 2)  # type: ignore[arg-type]  # (B, K * s * s, hp/s, wp/s)
+        return F.pixel_shuffle(stacked, self.side)[..., :height, :width]

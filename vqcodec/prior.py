@@ -1,0 +1,251 @@
+"""Symbol prior over the VQ-VAE-2 symbol maps, with the decode schedules the entropy coder walks.
+
+Two decode orders, each with its own network per level (vqcodec.context):
+  "raster": a gated PixelCNN, one position per step (exact but h * w steps);
+  "fast":   a grouped context model, s * s steps per level (s = fast_groups[level]).
+Training uses the teacher-forced `logits`; coding uses `stepper`, whose `logits(step, symbols)`
+reads only symbols of earlier steps, through explicit masks, so the encoder (full map) and the
+decoder (partial map) get bit-identical logits.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqcodec.context import GatedPixelCNN, GroupedContextModel
+
+Order = Literal["fast", "raster"]
+ORDERS: tuple[str, ...] = ("fast", "raster")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Hyperparameters of a SymbolPrior; per-level tuples are bottom first."""
+
+    codebook_size: tuple[int, ...]  # per level (copy of the VQ-VAE's)
+    upsample: tuple[int, ...]  # per level l < L-1: grid ratio level l+1 -> level l (VQ-VAE downsample[l+1])
+    channels: int = 64  # width of every context network
+    layers: int = 6  # gated layers of the raster PixelCNN per level
+    fast_layers: int = 6  # conv layers of the grouped model: 1x1 in, (fast_layers - 2) residual 3x3, 1x1 out
+    # Side s of the s x s group pattern per level (s * s passes). Empty: 2 for every conditioned
+    # level (the coarser level already carries the layout), 4 for the unconditioned top.
+    fast_groups: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("codebook_size", "upsample", "fast_groups"):  # lists from JSON become tuples
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        levels = len(self.codebook_size)
+        if not self.fast_groups and levels:
+            object.__setattr__(self, "fast_groups", (2,) * (levels - 1) + (4,))
+        if levels < 1 or len(self.upsample) != levels - 1 or len(self.fast_groups) != levels:
+            raise ValueError(f"need len(codebook_size) = len(upsample) + 1 = len(fast_groups) >= 1, got {self}")
+        if any(k < 2 for k in self.codebook_size) or any(u < 1 for u in self.upsample):
+            raise ValueError(f"codebook sizes must be >= 2 and upsample factors >= 1, got {self}")
+        if any(s < 1 or s & (s - 1) for s in self.fast_groups):
+            raise ValueError(f"fast_groups must be powers of two, got {self.fast_groups}")
+        if self.channels < 1 or self.layers < 1 or self.fast_layers < 2:
+            raise ValueError(f"need channels >= 1, layers >= 1, fast_layers >= 2, got {self}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebook_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples stay tuples; a JSON round trip turns them into lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PriorConfig:
+        """Inverse of to_dict; accepts lists for tuples; unknown keys raise ValueError."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PriorConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class LevelStepper(abc.ABC):
+    """Decode steps of one level: `schedule` and the logits of each step.
+
+    Attributes:
+        schedule: per step, (n_step,) int64 flat raster positions (row * width + col); together
+            they cover every position exactly once.
+    Holds no mutable state after construction (threads may each use their own stepper).
+    """
+
+    schedule: list[Tensor]
+
+    @abc.abstractmethod
+    def logits(self, step: int, symbols: Tensor) -> Tensor:
+        """Logits of the positions `schedule[step]`, in that order.
+
+        Args:
+            step: 0 .. len(schedule) - 1.
+            symbols: (1, h, w) int64; positions of earlier steps hold their values, all others
+                anything: they are masked out before the network sees them.
+        Returns:
+            (n_step, K) float32 on the CPU; bit-identical whatever the other positions hold.
+        """
+
+
+class RasterStepper(LevelStepper):
+    """One position per step in raster order; each step runs the PixelCNN on a crop around it."""
+
+    def __init__(self, net: GatedPixelCNN, height: int, width: int, context: Tensor | None) -> None:
+        self.net, self.height, self.width = net, height, width
+        self.schedule = list(torch.arange(height * width).split(1))
+        device = net.head[-1].weight.device
+        m = net.margin
+        # Padded by the margin (rows above, columns both sides; map (r, c) sits at (r + m, c + m))
+        # so that every step's crops are plain slices.
+        features = net.features(None if context is None else context.to(device), height, width)
+        self.features = None if features is None else F.pad(features, (m, m, m, 0))
+        self.inside = F.pad(torch.ones(1, 1, height, width, device=device), (m, m, m, 0))
+        # The current position is the centre of a crop's bottom row: it and the rest of that row
+        # are not decoded yet, at every step.
+        self.past = torch.ones(1, m + 1, 2 * m + 1, device=device)
+        self.past[:, m, m:] = 0
+
+    @torch.no_grad()
+    def logits(self, step: int, symbols: Tensor) -> Tensor:
+        """symbols (1, h, w) int64 -> (1, K) float32 logits of position `step` (reads only earlier ones)."""
+        r, c = divmod(step, self.width)
+        net = self.net
+        m, box = net.margin, net.box
+        visible = self.inside[0, :, r : r + m + 1, c : c + 2 * m + 1] * self.past  # (1, m+1, 2m+1)
+        crop = self._crop(symbols.to(visible.device), r, c)
+        crop = torch.where(visible > 0, crop, torch.zeros_like(crop))
+        embedded = net.embed(crop).permute(0, 3, 1, 2) * visible.unsqueeze(1)  # (1, C, m+1, 2m+1)
+        inside = self.inside[..., r + m - box : r + m + 1, c + m - box : c + m + box + 1]  # (1, 1, box+1, 2box+1)
+        features = None if self.features is None else self.features[..., r + m : r + m + 1, c + m - box : c + m + 1]
+        return net.crop_logits(embedded, features, inside).float().cpu()
+
+    def _crop(self, symbols: Tensor, r: int, c: int) -> Tensor:
+        """(1, h, w) int64 -> (1, m + 1, 2m + 1) int64: rows r-m..r, cols c-m..c+m, zeros off the map."""
+        m = self.net.margin
+        crop = symbols.new_zeros(1, m + 1, 2 * m + 1)
+        top, left, right = max(r - m, 0), max(c - m, 0), min(c + m + 1, self.width)
+        crop[:, top - (r - m) :, left - (c - m) : right - (c - m)] = symbols[:, top : r + 1, left:right]
+        return crop
+
+
+class GroupStepper(LevelStepper):
+    """Up to s * s steps, each one network pass that decodes one group of the interleaved pattern.
+
+    Groups without a position on the map (maps smaller than s x s) get no step.
+    """
+
+    def __init__(self, net: GroupedContextModel, height: int, width: int, context: Tensor | None) -> None:
+        self.net, self.height, self.width = net, height, width
+        device = net.head[-1].weight.device
+        self.features = net.features(None if context is None else context.to(device), height, width)
+        s = net.side
+        hp, wp = net.padded_size(height, width)
+        rows, cols = torch.arange(hp // s), torch.arange(wp // s)
+        self.visible: list[Tensor] = []
+        self.cells: list[Tensor] = []  # per step: (n,) flat indices into the (hp/s, wp/s) output grid
+        self.schedule = []
+        for g, (a, b) in enumerate(net.order):
+            keep_rows, keep_cols = rows[rows * s + a < height], cols[cols * s + b < width]
+            if not (len(keep_rows) and len(keep_cols)):  # a map smaller than s x s: no empty steps
+                continue
+            self.visible.append(net.visibility(height, width, g).to(device))
+            self.cells.append((keep_rows[:, None] * (wp // s) + keep_cols[None, :]).flatten().to(device))
+            self.schedule.append(((keep_rows[:, None] * s + a) * width + keep_cols[None, :] * s + b).flatten())
+
+    @torch.no_grad()
+    def logits(self, step: int, symbols: Tensor) -> Tensor:
+        """symbols (1, h, w) int64 -> (n_step, K) float32 logits of group `step` (reads only earlier groups)."""
+        visible = self.visible[step]
+        hp, wp = visible.shape[-2:]
+        padded = F.pad(symbols.to(visible.device), (0, wp - self.width, 0, hp - self.height))
+        hidden = torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded))
+        out = self.net.pass_logits(hidden, visible, self.features)  # (1, K, hp/s, wp/s)
+        return out.flatten(2)[0][:, self.cells[step]].t().float().cpu().contiguous()
+
+
+class SymbolPrior(nn.Module):
+    """All levels; level L-1 (top) unconditional, level l conditioned on level l+1's symbols.
+
+    Holds a gated PixelCNN (raster order, exact) and a grouped context model (fast order) per level.
+
+        top symbols (level L-1) ─► raster[L-1] | fast[L-1] ─► logits (B, K, h, w)
+              │
+              └─► ConditionNet ─► upsample ─┐
+        level l symbols ─► raster[l] | fast[l] ◄┘ ─► logits (B, K_l, h_l, w_l) ─► cross-entropy
+    """
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, ks = config.channels, config.codebook_size
+        ups: list[int | None] = [*config.upsample, None]
+        contexts: list[int | None] = [*ks[1:], None]
+        self.raster = nn.ModuleList(GatedPixelCNN(ks[l], c, config.layers, ups[l], contexts[l])
+                                    for l in range(config.levels))
+        self.fast = nn.ModuleList(GroupedContextModel(ks[l], c, config.fast_layers, config.fast_groups[l],
+                                                      ups[l], contexts[l]) for l in range(config.levels))
+
+    def logits(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
+        """Teacher-forced logits: per level (B, h_l, w_l) int64 -> per level (B, K_l, h_l, w_l) float32."""
+        self._check(symbols, order)
+        out = []
+        for level, level_symbols in enumerate(symbols):
+            context = symbols[level + 1] if level + 1 < self.config.levels else None
+            net = self.raster[level] if order == "raster" else self.fast[level]
+            out.append(net(level_symbols, net.features(context, *level_symbols.shape[-2:])))
+        return out
+
+    def bits(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
+        """Per level (B,) float32: total bits of each map under the teacher-forced prior."""
+        logits = self.logits(symbols, order)
+        return [F.cross_entropy(z, s, reduction="none").flatten(1).sum(1) / math.log(2)
+                for z, s in zip(logits, symbols)]
+
+    def loss(self, symbols: list[Tensor], order: Order) -> Tensor:
+        """() mean nats per symbol over all symbols of all levels (levels weighted by their size)."""
+        logits = self.logits(symbols, order)
+        total = sum(F.cross_entropy(z, s, reduction="sum") for z, s in zip(logits, symbols))
+        return total / sum(s.numel() for s in symbols)
+
+    def stepper(self, order: Order, level: int, height: int, width: int, context: Tensor | None) -> LevelStepper:
+        """Decode steps of one level.
+
+        Args:
+            order: "fast" or "raster".
+            level: 0 (bottom) .. L-1 (top).
+            height, width: the level's symbol map size.
+            context: (1, h', w') int64, the next-coarser level's full symbols; None for the top.
+        """
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+        if not 0 <= level < self.config.levels:
+            raise ValueError(f"level {level} out of range for {self.config.levels} levels")
+        if (context is None) != (level == self.config.levels - 1):
+            raise ValueError("context must be given for every level but the top, and only there")
+        if context is not None:
+            self._check_grids(height, width, context.shape[-2:], level)
+        with torch.no_grad():
+            if order == "raster":
+                return RasterStepper(self.raster[level], height, width, context)
+            return GroupStepper(self.fast[level], height, width, context)
+
+    def _check(self, symbols: list[Tensor], order: str) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+        if len(symbols) != self.config.levels:
+            raise ValueError(f"expected {self.config.levels} symbol maps, got {len(symbols)}")
+        for level in range(self.config.levels - 1):
+            self._check_grids(*symbols[level].shape[-2:], symbols[level + 1].shape[-2:], level)
+
+    def _check_grids(self, height: int, width: int, coarse: tuple[int, ...] | torch.Size, level: int) -> None:
+        u = self.config.upsample[level]
+        if not (height <= coarse[0] * u and width <= coarse[1] * u):
+            raise ValueError(f"level {level} map {height}x{width} is larger than {u} x its context {tuple(coarse)}")

@@ -1,0 +1,57 @@
+"""Training recipes of the bundled model family, so `vqcodec train --config vqc-N` rebuilds each one.
+
+The family spans rate by design rather than by training length: vqc-1/2 put the bottom level on a
+x8 grid (few symbols), vqc-3/4 on a x4 grid; the odd members use 256-symbol codebooks, the even ones
+1024 at the bottom. The step counts are what the shipped weights were trained with (a short CPU
+budget, see each model card); a GPU run should raise them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vqcodec.vqvae import VQVAE2Config
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one bundled model besides the training data."""
+
+    vqvae: VQVAE2Config
+    prior: dict[str, Any] = field(default_factory=dict)  # PriorConfig fields; sizes come from the VQ-VAE
+    vqvae_steps: int = 1000
+    prior_steps: int = 600
+    batch_size: int = 16
+    crop: int = 64  # VQ-VAE crops: small crops buy many more steps per CPU-second
+    prior_crop: int = 128  # the prior needs larger maps to learn spatial context
+    lr: float = 8e-4
+    warmup_steps: int = 100
+    msssim_weight: float = 0.0
+
+
+def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE2Config:
+    return VQVAE2Config(channels=64, res_blocks=2, res_channels=32, downsample=downsample,
+                        codebook_size=codebook_size, code_dim=(32, 32), dead_after=100)
+
+
+_PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
+
+RECIPES: dict[str, Recipe] = {
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=400),
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=400),
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=200),
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=200),
+}
+
+
+def get(name: str) -> Recipe:
+    """The recipe of a bundled model; ValueError naming the known ones otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def with_steps(recipe: Recipe, vqvae_steps: int, prior_steps: int) -> Recipe:
+    """The same recipe with another training length (e.g. for a GPU budget)."""
+    return replace(recipe, vqvae_steps=vqvae_steps, prior_steps=prior_steps)

@@ -1,0 +1,389 @@
+"""Training: the VQ-VAE (`train_vqvae`), then the prior on its symbols (`train_prior`).
+
+Beside the flow. Each function reads top to bottom in nanoGPT order: setup, data,
+model, optimizer, resume, loop, save. The cadence (logging, validation,
+checkpoints, the time limit) lives in `runtime.run_loop`.
+
+Single process:  train_vqvae(TrainConfig(data="train/", out="runs/vq"))
+Several GPUs:    torchrun --nproc_per_node 4 -m vqcodec.cli.main train ...
+                 (RANK / LOCAL_RANK / WORLD_SIZE are read from the environment)
+Chunked runs:    max_minutes=9, resume=True: each call continues from out/state.pt.
+
+Outputs in `out`:
+    vqvae.safetensors / model.safetensors   weights + configs (checkpoint.save_model)
+    vqvae_config.json / prior_config.json   the model config as JSON
+    train_config.json / prior_train_config.json
+    state.pt / prior_state.pt               resumable training state
+    log.jsonl / prior_log.jsonl             one JSON object per log / validation event
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from vqcodec.checkpoint import load_model, save_model
+from vqcodec.data import ImageFolder, train_val_datasets
+from vqcodec.metrics import MS_SSIM_MIN_SIDE
+from vqcodec.prior import ORDERS, PriorConfig, SymbolPrior
+from vqcodec.runtime import (LoopSpec, MetricsLog, Runtime, autocast, load_training_state, make_scheduler,
+                             optimizer_step, place_model, prepare_out, run_loop, save_training_state,
+                             seed_everything, setup_runtime, teardown_runtime, to_device, train_batches,
+                             val_loader, wrap_model)
+from vqcodec.vqvae import VQVAE2, VQVAE2Config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One VQ-VAE training run. Steps are optimizer steps; batch_size is per process."""
+
+    data: str                           # folder of training images
+    out: str                            # output folder (created)
+    val_data: str | None = None         # held-out folder; None: hold out val_fraction of data
+    val_fraction: float = 0.05
+    vqvae: VQVAE2Config = field(default_factory=VQVAE2Config)
+    steps: int = 100_000
+    batch_size: int = 16
+    crop: int = 256
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1           # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0              # max global grad norm; 0 disables
+    msssim_weight: float = 0.0          # 0: MSE only; MS-SSIM needs crop >= 161 (else SSIM)
+    num_workers: int = 2
+    device: str = "auto"                # "auto" | "cpu" | "cuda"
+    amp: bool = True                    # bf16 autocast, CUDA only
+    channels_last: bool = True          # CUDA only
+    compile: bool = False               # torch.compile
+    log_every: int = 10
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    max_minutes: float | None = None    # stop cleanly (with a checkpoint) after this long
+    seed: int = 0
+    resume: bool = False                # continue from out/state.pt when it exists
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.msssim_weight < 0:
+            raise ValueError(f"msssim_weight must be >= 0, got {self.msssim_weight}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """One prior training run on the symbols of a trained, frozen VQ-VAE.
+
+    prior: a PriorConfig; or a mapping of PriorConfig fields (codebook_size and
+    upsample are filled in from the VQ-VAE when absent); or None for defaults.
+    """
+
+    data: str
+    out: str
+    vqvae: str                          # a file written by train_vqvae (or any model file)
+    val_data: str | None = None
+    val_fraction: float = 0.05
+    prior: PriorConfig | Mapping[str, Any] | None = None
+    steps: int = 50_000
+    batch_size: int = 16
+    crop: int = 256
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    log_every: int = 10
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    max_minutes: float | None = None
+    seed: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["prior"] = dict(self.prior) if isinstance(self.prior, Mapping) else d["prior"]
+        return d
+
+
+def _check_common(cfg: TrainConfig | PriorTrainConfig) -> None:
+    positive = ("steps", "batch_size", "crop", "log_every", "val_every", "ckpt_every")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1 or cfg.warmup_steps < 0:
+        raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0")
+    if cfg.max_minutes is not None and cfg.max_minutes < 0:
+        raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
+
+
+def train_config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
+    """TrainConfig from plain values (JSON, a recipe, CLI options); "vqvae" may be a dict.
+
+    Raises:
+        ValueError: unknown keys or invalid values.
+    """
+    fields = dict(d)
+    if isinstance(fields.get("vqvae"), Mapping):
+        fields["vqvae"] = VQVAE2Config.from_dict(dict(fields["vqvae"]))
+    return _build(TrainConfig, fields)
+
+
+def prior_train_config_from_dict(d: Mapping[str, Any]) -> PriorTrainConfig:
+    """PriorTrainConfig from plain values; "prior" stays a mapping, completed from the VQ-VAE when training."""
+    return _build(PriorTrainConfig, dict(d))
+
+
+def _build(cls: type, fields: dict[str, Any]) -> Any:
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    try:
+        return cls(**fields)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"{cls.__name__}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- VQ-VAE
+
+
+def train_vqvae(cfg: TrainConfig) -> Path:
+    """Train a VQ-VAE-2; returns out/vqvae.safetensors (also written on a time stop).
+
+    Loss: MSE + msssim_weight * (1 - MS-SSIM) + the quantizers' losses.
+    """
+    rt = setup_runtime(cfg.device)
+    try:
+        return _train_vqvae(cfg, rt)
+    finally:
+        teardown_runtime(rt)
+
+
+def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
+    out = prepare_out(Path(cfg.out), rt, {"train_config.json": cfg.to_dict(),
+                                           "vqvae_config.json": cfg.vqvae.to_dict()})
+    seed_everything(cfg.seed + rt.rank)
+    train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+    model = place_model(VQVAE2(cfg.vqvae), rt, channels_last=cfg.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    state_path, step = out / "state.pt", 0
+    if cfg.resume and state_path.exists():
+        step = load_training_state(state_path, rt, models={"vqvae": model}, optimizer=optimizer, scheduler=scheduler)
+    net = wrap_model(model, rt, compile_model=cfg.compile)
+    batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
+                            num_workers=cfg.num_workers)
+    structural = structural_similarity(cfg.crop) if cfg.msssim_weight > 0 else None
+
+    def train_step() -> dict[str, Tensor]:
+        x = to_device(next(batches), rt, cfg.channels_last)  # (B, 3, crop, crop)
+        with autocast(rt, cfg.amp):
+            result = net(x)
+        x_hat = result.x_hat.float()
+        mse = F.mse_loss(x_hat, x)
+        loss = mse + result.vq_loss
+        metrics = {"mse": mse.detach(), "vq_loss": result.vq_loss.detach()}
+        if structural is not None:
+            similarity = structural(x_hat, x)
+            loss = loss + cfg.msssim_weight * (1.0 - similarity)
+            metrics["similarity"] = similarity.detach()
+        optimizer_step(loss, model, optimizer, scheduler, cfg.grad_clip)
+        return {"loss": loss.detach(), **metrics}
+
+    def summarize(mean: dict[str, float]) -> dict[str, Any]:
+        usage = [q.usage() for q in model.quantizers]  # rank 0's view; EMA state is synced anyway
+        return {**mean, "psnr": _psnr(mean["mse"]), "lr": scheduler.get_last_lr()[0],
+                "perplexity": [u["perplexity"] for u in usage], "in_use": [u["in_use"] for u in usage]}
+
+    def checkpoint(at: int) -> None:
+        save_training_state(state_path, rt, step=at, models={"vqvae": model}, optimizer=optimizer,
+                            scheduler=scheduler)
+        if rt.is_main:
+            save_model(out / "vqvae.safetensors", model, None, metadata=_run_metadata("vqvae", at, cfg.steps))
+
+    validate = _validator(val_set, cfg, rt, lambda loader: evaluate_vqvae(model, loader, rt))
+    spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
+                    cfg.batch_size * rt.world_size, show=("loss", "psnr", "perplexity", "in_use"))
+    run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
+             checkpoint=checkpoint, log=MetricsLog(out / "log.jsonl", rt.is_main))
+    return out / "vqvae.safetensors"
+
+
+def structural_similarity(crop: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """MS-SSIM (data_range 1) for crops of >= 161 px; SSIM below, where MS-SSIM cannot run.
+
+    Returns f(x_hat, x) -> () tensor, both (B, 3, crop, crop) float32.
+    """
+    from pytorch_msssim import ms_ssim, ssim
+
+    if crop >= MS_SSIM_MIN_SIDE:
+        return lambda x_hat, x: ms_ssim(x_hat, x, data_range=1.0)
+    warnings.warn(f"MS-SSIM needs crops of >= {MS_SSIM_MIN_SIDE} px; crop {crop} trains with SSIM instead",
+                  stacklevel=2)
+    return lambda x_hat, x: ssim(x_hat, x, data_range=1.0, win_size=min(11, crop - (1 - crop % 2)))
+
+
+@torch.no_grad()
+def evaluate_vqvae(model: VQVAE2, loader: DataLoader, rt: Runtime) -> dict[str, float]:
+    """Mean PSNR (dB) over the validation images, on 8-bit rounded pixels as metrics.psnr measures."""
+    was_training = model.training
+    model.eval()
+    psnrs: list[Tensor] = []
+    for x in loader:
+        x = x.to(rt.device)  # (B, 3, crop, crop)
+        x_hat = model(x).x_hat.clamp(0.0, 1.0)
+        err = ((x_hat * 255).round() - (x * 255).round()).pow(2).flatten(1).mean(1)  # (B,)
+        psnrs.append(10.0 * torch.log10(255.0**2 / err.clamp(min=1e-10)))
+    model.train(was_training)
+    return {"val_psnr": float(torch.cat(psnrs).mean())}
+
+
+# ----------------------------------------------------------------------------- prior
+
+
+class _PriorLoss(nn.Module):
+    """Wraps the prior so that DDP sees a forward: symbols -> (2,) nats/symbol for ("fast", "raster")."""
+
+    def __init__(self, prior: SymbolPrior) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, symbols: list[Tensor]) -> Tensor:
+        return torch.stack([self.prior.loss(symbols, order) for order in ORDERS])
+
+
+def train_prior(cfg: PriorTrainConfig) -> Path:
+    """Train the SymbolPrior (both orders, losses summed) on a frozen VQ-VAE's symbols.
+
+    Symbols come on the fly from random crops (fresh augmentation every epoch),
+    encoded in float32 exactly as compression encodes them. Returns
+    out/model.safetensors (VQ-VAE + prior; also written on a time stop).
+    """
+    rt = setup_runtime(cfg.device)
+    try:
+        return _train_prior(cfg, rt)
+    finally:
+        teardown_runtime(rt)
+
+
+def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
+    vqvae = load_model(cfg.vqvae, device=rt.device)[0].requires_grad_(False)  # frozen, eval
+    prior_cfg = resolve_prior_config(vqvae.config, cfg.prior)
+    out = prepare_out(Path(cfg.out), rt, {"prior_train_config.json": cfg.to_dict(),
+                                           "prior_config.json": prior_cfg.to_dict()})
+    seed_everything(cfg.seed + rt.rank)
+    train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+    prior = place_model(SymbolPrior(prior_cfg), rt)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    state_path, step = out / "prior_state.pt", 0
+    if cfg.resume and state_path.exists():
+        step = load_training_state(state_path, rt, models={"prior": prior}, optimizer=optimizer, scheduler=scheduler)
+    net = wrap_model(_PriorLoss(prior), rt, compile_model=cfg.compile)
+    batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
+                            num_workers=cfg.num_workers)
+
+    def train_step() -> dict[str, Tensor]:
+        symbols = vqvae.encode(next(batches).to(rt.device, non_blocking=True))  # per level (B, h_l, w_l)
+        with autocast(rt, cfg.amp):
+            nats = net(symbols).float()  # (2,) fast, raster
+        loss = nats.sum()
+        optimizer_step(loss, prior, optimizer, scheduler, cfg.grad_clip)
+        return {"loss": loss.detach(), **{f"nats_{o}": nats[i].detach() for i, o in enumerate(ORDERS)}}
+
+    def summarize(mean: dict[str, float]) -> dict[str, Any]:
+        bits = {f"bits_per_symbol_{o}": mean[f"nats_{o}"] / math.log(2) for o in ORDERS}
+        return {**mean, **bits, "lr": scheduler.get_last_lr()[0]}
+
+    def checkpoint(at: int) -> None:
+        save_training_state(state_path, rt, step=at, models={"prior": prior}, optimizer=optimizer,
+                            scheduler=scheduler)
+        if rt.is_main:
+            save_model(out / "model.safetensors", vqvae, prior, metadata=_run_metadata("prior", at, cfg.steps))
+
+    validate = _validator(val_set, cfg, rt, lambda loader: evaluate_prior(vqvae, prior, loader, rt))
+    spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
+                    cfg.batch_size * rt.world_size, show=("bits_per_symbol_fast", "bits_per_symbol_raster"))
+    run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
+             checkpoint=checkpoint, log=MetricsLog(out / "prior_log.jsonl", rt.is_main))
+    return out / "model.safetensors"
+
+
+def resolve_prior_config(vq: VQVAE2Config, given: PriorConfig | Mapping[str, Any] | None) -> PriorConfig:
+    """The prior's config for a VQ-VAE: codebook sizes and grid ratios always come from the VQ-VAE.
+
+    Raises:
+        ValueError: a given config disagrees with the VQ-VAE.
+    """
+    derived = {"codebook_size": tuple(vq.codebook_size), "upsample": tuple(vq.downsample[1:])}
+    if given is None:
+        return PriorConfig.from_dict(derived)
+    fields = given.to_dict() if isinstance(given, PriorConfig) else {**derived, **dict(given)}
+    cfg = PriorConfig.from_dict(fields)
+    if tuple(cfg.codebook_size) != derived["codebook_size"] or tuple(cfg.upsample) != derived["upsample"]:
+        raise ValueError(f"prior config (codebook_size={cfg.codebook_size}, upsample={cfg.upsample}) does not "
+                         f"match the VQ-VAE (codebook_size={vq.codebook_size}, downsample={vq.downsample})")
+    return cfg
+
+
+@torch.no_grad()
+def evaluate_prior(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runtime) -> dict[str, Any]:
+    """Per order: bits per symbol per level (bottom first) and the estimated bits per pixel."""
+    was_training = prior.training
+    prior.eval()
+    levels = vqvae.config.levels
+    bits = {o: [0.0] * levels for o in ORDERS}
+    symbols_per_level, pixels = [0] * levels, 0
+    for x in loader:
+        symbols = vqvae.encode(x.to(rt.device))  # per level (B, h_l, w_l)
+        pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        for level, s in enumerate(symbols):
+            symbols_per_level[level] += s.numel()
+        for order in ORDERS:
+            for level, b in enumerate(prior.bits(symbols, order)):  # (B,) bits per image
+                bits[order][level] += float(b.sum())
+    prior.train(was_training)
+    record: dict[str, Any] = {}
+    for order in ORDERS:
+        record[f"val_bits_per_symbol_{order}"] = [b / n for b, n in zip(bits[order], symbols_per_level)]
+        record[f"val_bpp_{order}"] = sum(bits[order]) / pixels
+    return record
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def _validator(val_set: ImageFolder | None, cfg: TrainConfig | PriorTrainConfig, rt: Runtime,
+               evaluate: Callable[[DataLoader], dict[str, Any]]) -> Callable[[], dict[str, Any]] | None:
+    """Validation on rank 0 only (the other ranks wait at their next collective); None without a set."""
+    if val_set is None:
+        return None
+    loader = val_loader(val_set, cfg.batch_size, cfg.num_workers)
+    return lambda: evaluate(loader) if rt.is_main else {}
+
+
+def _psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error on [0, 1] pixels (training-time, unrounded)."""
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _run_metadata(stage: str, step: int, steps: int) -> dict[str, str]:
+    return {"stage": stage, "train_step": str(step), "train_steps": str(steps)}

@@ -1,0 +1,263 @@
+"""Hierarchical VQ-VAE (VQ-VAE-2, Razavi et al. 2019), in rosinality's layout, for 1..L levels.
+
+Levels are indexed bottom first: level 0 has the finest grid, level L-1 the coarsest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqcodec.quantize import VectorQuantizer
+
+_PER_LEVEL = ("downsample", "codebook_size", "code_dim")
+
+
+@dataclass(frozen=True)
+class VQVAE2Config:
+    """Hyperparameters of a VQVAE2; per-level tuples are bottom first and of equal length."""
+
+    channels: int = 128  # trunk width of every encoder and decoder
+    res_blocks: int = 2
+    res_channels: int = 64
+    downsample: tuple[int, ...] = (4, 2)  # level 0: image -> grid; level l: grid l-1 -> grid l
+    codebook_size: tuple[int, ...] = (512, 512)
+    code_dim: tuple[int, ...] = (64, 64)
+    commitment_weight: float = 0.25  # beta of VQ-VAE
+    ema: bool = True  # EMA codebook (VQ-VAE-2, App. A)
+    decay: float = 0.99
+    dead_after: int = 200  # training steps before an unused code is re-seeded
+
+    def __post_init__(self) -> None:
+        for name in _PER_LEVEL:  # lists from JSON or callers become tuples
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        lengths = {len(getattr(self, name)) for name in _PER_LEVEL}
+        if len(lengths) != 1 or not self.downsample:
+            raise ValueError(f"{', '.join(_PER_LEVEL)} need the same length >= 1, got {self}")
+        if any(d < 1 or d & (d - 1) for d in self.downsample):
+            raise ValueError(f"downsample factors must be powers of two, got {self.downsample}")
+        if self.channels < 2 or self.channels % 2:
+            raise ValueError(f"channels must be even, got {self.channels}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.downsample)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples stay tuples; a JSON round trip turns them into lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VQVAE2Config:
+        """Inverse of to_dict; accepts lists for tuples; unknown keys raise ValueError."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown VQVAE2Config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class VQVAE2Output(NamedTuple):
+    """x_hat (B, 3, H, W) float32 (not clamped); vq_loss () float32; symbols per level (B, h_l, w_l) int64."""
+
+    x_hat: Tensor
+    vq_loss: Tensor
+    symbols: list[Tensor]
+
+
+class ResBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), channels preserved."""
+
+    def __init__(self, channels: int, res_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(res_channels, channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def _steps(factor: int) -> int:
+    """Number of stride-2 stages for a power-of-two factor."""
+    return int(math.log2(factor))
+
+
+def _encoder(cfg: VQVAE2Config, c_in: int, factor: int) -> nn.Sequential:
+    """(B, c_in, h, w) -> (B, channels, h/factor, w/factor): stride-2 4x4 convs, 3x3 conv, res blocks."""
+    ch = cfg.channels
+    layers: list[nn.Module] = []
+    width = c_in
+    for i in range(_steps(factor)):
+        out = ch // 2 if i < _steps(factor) - 1 else ch
+        layers += [nn.Conv2d(width, out, 4, stride=2, padding=1), nn.ReLU()]
+        width = out
+    layers.append(nn.Conv2d(width, ch, 3, padding=1))
+    layers += [ResBlock(ch, cfg.res_channels) for _ in range(cfg.res_blocks)]
+    layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _decoder(cfg: VQVAE2Config, c_in: int, c_out: int, factor: int) -> nn.Sequential:
+    """(B, c_in, h, w) -> (B, c_out, h*factor, w*factor): 3x3 conv, res blocks, transposed 4x4 convs."""
+    ch = cfg.channels
+    layers: list[nn.Module] = [nn.Conv2d(c_in, ch, 3, padding=1)]
+    layers += [ResBlock(ch, cfg.res_channels) for _ in range(cfg.res_blocks)]
+    layers.append(nn.ReLU())
+    width = ch
+    for i in range(_steps(factor)):
+        last = i == _steps(factor) - 1
+        out = c_out if last else ch // 2
+        layers.append(nn.ConvTranspose2d(width, out, 4, stride=2, padding=1))
+        if not last:
+            layers.append(nn.ReLU())
+        width = out
+    if factor == 1:
+        layers.append(nn.Conv2d(width, c_out, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def _upsampler(dim: int, factor: int) -> nn.Sequential:
+    """(B, dim, h, w) -> (B, dim, h*factor, w*factor) by transposed 4x4 convs (ReLU between)."""
+    layers: list[nn.Module] = []
+    for i in range(_steps(factor)):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1))
+    return nn.Sequential(*layers)
+
+
+class VQVAE2(nn.Module):
+    """Hierarchical VQ-VAE: top-down quantization, one image decoder over all levels.
+
+    Two levels, downsample (4, 2) shown; L levels repeat the middle column::
+
+        x (B,3,H,W) ─pad─► encoders[0] ─► f0 (B,C,H/4,W/4) ─► encoders[1] ─► f1 (B,C,H/8,W/8)
+                                              │                                   │ pre_quant[1]
+                                              │                              quantizers[1] ─► q1, symbols[1]
+                                              │                                   │ cond_decoders[0] (x2)
+                                        cat(f0, d1) ─pre_quant[0]─► quantizers[0] ─► q0, symbols[0]
+        decoder(cat(q0, upsamplers[0](q1))) ─► x_hat (B,3,H,W) ─crop─►
+
+    Inputs are in [0, 1] and centred internally; x_hat is not clamped.
+    """
+
+    def __init__(self, config: VQVAE2Config) -> None:
+        super().__init__()
+        self.config = cfg = config
+        levels, ch = cfg.levels, cfg.channels
+        self.encoders = nn.ModuleList(
+            _encoder(cfg, 3 if i == 0 else ch, cfg.downsample[i]) for i in range(levels))
+        # Level i < L-1 sees its own features and the decoded level above (cond_decoders[i]).
+        self.pre_quant = nn.ModuleList(
+            nn.Conv2d(ch + (cfg.code_dim[i] if i < levels - 1 else 0), cfg.code_dim[i], 1)
+            for i in range(levels))
+        self.quantizers = nn.ModuleList(
+            VectorQuantizer(cfg.code_dim[i], cfg.codebook_size[i], commitment_weight=cfg.commitment_weight,
+                            ema=cfg.ema, decay=cfg.decay, dead_after=cfg.dead_after)
+            for i in range(levels))
+        self.cond_decoders = nn.ModuleList(
+            _decoder(cfg, cfg.code_dim[i + 1], cfg.code_dim[i], cfg.downsample[i + 1])
+            for i in range(levels - 1))
+        # upsamplers[i - 1] brings level i to the bottom grid.
+        self.upsamplers = nn.ModuleList(
+            _upsampler(cfg.code_dim[i], math.prod(cfg.downsample[1 : i + 1])) for i in range(1, levels))
+        self.decoder = _decoder(cfg, sum(cfg.code_dim), 3, cfg.downsample[0])
+
+    @property
+    def multiple(self) -> int:
+        """Image sides are padded to a multiple of this (the product of downsample)."""
+        return math.prod(self.config.downsample)
+
+    def latent_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h_l, w_l) of each level's symbol map for an H x W image, bottom first."""
+        m = self.multiple
+        h, w = -(-height // m) * m, -(-width // m) * m
+        sizes = []
+        for factor in self.config.downsample:
+            h, w = h // factor, w // factor
+            sizes.append((h, w))
+        return sizes
+
+    def _pad(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> centred (B, 3, H', W'), replicate-padded to the multiple.
+
+        Replicate padding: a flat continuation of the border is cheap to code.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
+        m = self.multiple
+        pad_h, pad_w = -x.shape[2] % m, -x.shape[3] % m
+        x = x - 0.5
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return x
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        """Encoder features per level, bottom first, each (B, channels, h_l, w_l)."""
+        features = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            features.append(x)
+        return features
+
+    def _quantizer_input(self, level: int, features: list[Tensor], above: Tensor | None) -> Tensor:
+        """(B, code_dim[l], h_l, w_l) pre-quantization vectors, given the quantized level above."""
+        f = features[level]
+        if above is not None:
+            f = torch.cat([f, self.cond_decoders[level](above)], dim=1)
+        return self.pre_quant[level](f)
+
+    def _decode_quantized(self, quantized: list[Tensor]) -> Tensor:
+        """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range."""
+        maps = [quantized[0]] + [up(q) for up, q in zip(self.upsamplers, quantized[1:])]
+        return self.decoder(torch.cat(maps, dim=1)) + 0.5
+
+    def forward(self, x: Tensor) -> VQVAE2Output:
+        """Training/eval pass. x (B, 3, H, W) float32 in [0, 1], any H, W."""
+        features = self._features(self._pad(x))
+        levels = self.config.levels
+        quantized: list[Tensor] = [x.new_empty(0)] * levels
+        symbols: list[Tensor] = [x.new_empty(0, dtype=torch.int64)] * levels
+        vq_loss = x.new_zeros((), dtype=torch.float32)
+        above: Tensor | None = None
+        for level in reversed(range(levels)):
+            out = self.quantizers[level](self._quantizer_input(level, features, above))
+            quantized[level], symbols[level], above = out.quantized, out.symbols, out.quantized
+            vq_loss = vq_loss + out.loss
+        x_hat = self._decode_quantized(quantized)[:, :, : x.shape[2], : x.shape[3]]
+        return VQVAE2Output(x_hat, vq_loss, symbols)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """x (B, 3, H, W) float32 in [0, 1] -> symbols per level, bottom first, (B, h_l, w_l) int64.
+
+        Pure: uses nearest/lookup, so no codebook state changes even in training mode.
+        """
+        features = self._features(self._pad(x))
+        symbols: list[Tensor] = [x.new_empty(0, dtype=torch.int64)] * self.config.levels
+        above: Tensor | None = None
+        for level in reversed(range(self.config.levels)):
+            quantizer = self.quantizers[level]
+            symbols[level] = quantizer.nearest(self._quantizer_input(level, features, above))
+            above = quantizer.lookup(symbols[level])
+        return symbols
+
+    def decode(self, symbols: list[Tensor], size: tuple[int, int] | None = None) -> Tensor:
+        """Symbols per level, bottom first, (B, h_l, w_l) int64 -> x_hat (B, 3, H, W) float32.
+
+        size=(H, W) crops the padded reconstruction back to the original image size.
+        """
+        if len(symbols) != self.config.levels:
+            raise ValueError(f"expected {self.config.levels} symbol maps, got {len(symbols)}")
+        quantized = [q.lookup(s) for q, s in zip(self.quantizers, symbols)]
+        x_hat = self._decode_quantized(quantized)
+        if size is not None:
+            x_hat = x_hat[:, :, : size[0], : size[1]]
+        return x_hat
