@@ -5,7 +5,7 @@
 For each vqc-N with runs/vqc-N/prior/model.safetensors: weights are stored in fp16 (halves the
 package; the codec computes in float32, and the RD numbers in the card are measured on the fp16
 weights after packaging), and vqcodec/models/vqc-N.md is written from the training logs and, when
-present, the Kodak results JSON of that model (benchmarks/results/kodak/vqc-N.json).
+present, its point in the Kodak results (benchmarks/results/kodak/vqcodec-fast.json).
 """
 
 from __future__ import annotations
@@ -74,14 +74,17 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
         f"- Validation (VQ-VAE): `{json.dumps(vq_val)}`",
         f"- Validation (prior): `{json.dumps(prior_val)}`",
     ]
-    result = results_dir / f"{name}.json" if results_dir else None
+    result = results_dir / "vqcodec-fast.json" if results_dir else None
     if result and result.exists():
         data = json.loads(result.read_text())
-        r = data["results"]
-        lines += ["", "## Measured on Kodak (24 images, real .vqc files incl. header, fast order, CPU)"]
-        for key in ("bpp", "psnr-rgb", "ms-ssim", "encoding_time", "decoding_time"):
-            if key in r:
-                lines.append(f"- {key}: {r[key][0]:.4f}")
+        if name in data.get("points", []):
+            i = data["points"].index(name)
+            lines += ["", "## Measured on Kodak (24 images; whole .vqc files, header included; fast order; "
+                      "1 CPU thread on a shared 2-core machine)", ""]
+            for key, label in (("bpp", "bpp"), ("psnr-rgb", "PSNR (dB)"), ("ms-ssim-rgb", "MS-SSIM"),
+                               ("encoding_time", "encode (s/image)"), ("decoding_time", "decode (s/image)")):
+                if key in data["results"]:
+                    lines.append(f"- {label}: {data['results'][key][i]:.4f}")
     return "\n".join(lines) + "\n"
 
 

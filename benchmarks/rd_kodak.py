@@ -17,11 +17,13 @@ import click
 import torch
 
 from vqcodec import peers, plots, rd
+from vqcodec.errors import VQCodecError
 
 ROOT = Path(__file__).parent
 KODAK = Path("/work/shared/data/kodak")
 OUT = ROOT / "results" / "kodak"
 SHEET_PEERS = ("jpeg", "webp", "avif")
+SHEET_BOX = (400, 112, 192, 192)  # kodim23: the red parrot's eye, beak edge and feathers
 
 
 def run_codecs(specs: list[str], images: list[Path], out: Path, weights: Path) -> list[str]:
@@ -30,7 +32,7 @@ def run_codecs(specs: list[str], images: list[Path], out: Path, weights: Path) -
     for spec in specs:
         try:
             codecs, more = peers.codecs_from_specs([spec], weights_dir=weights)
-        except (ImportError, FileNotFoundError) as err:  # e.g. vqcodec models not written yet
+        except (ImportError, FileNotFoundError, VQCodecError) as err:  # e.g. vqcodec models not written yet
             notes.append(f"{spec}: skipped ({err})")
             continue
         notes += more
@@ -44,12 +46,13 @@ def sheet(image: Path, out: Path, target_bpp: float) -> list[str]:
     codecs, notes = peers.codecs_from_specs(SHEET_PEERS)
     try:
         vq, _ = peers.codecs_from_specs(["vqcodec"])
-    except (ImportError, FileNotFoundError) as err:
+    except (ImportError, FileNotFoundError, VQCodecError) as err:
         vq, notes = [], notes + [f"sheet without vqcodec ({err})"]
     if vq:
         panel = plots.matched_panel(vq[0], rd.load_rgb(image), target_bpp)
         target_bpp = panel.bpp  # peers match vqcodec's real rate on this image
-    panels = plots.comparison_sheet(image, vq + codecs, target_bpp, out / "visual-sheet")
+    panels = plots.comparison_sheet(image, vq + codecs, target_bpp, out / "visual-sheet",
+                                    box=SHEET_BOX if image.name == "kodim23.png" else None)
     return notes + [f"sheet: {p.codec} {p.point} {p.bpp:.3f} bpp {p.psnr:.2f} dB" for p in panels]
 
 

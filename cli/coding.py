@@ -144,17 +144,15 @@ def _load(model: str, device: str) -> Codec:
 
 
 def _meet_target(image, target_bpp: float, order: str, device: str) -> tuple[str, bytes]:
-    """Compress with every bundled model; keep the highest rate at or under the target (else the lowest)."""
+    """Compress with every bundled model; keep the largest file within the target, else the smallest file."""
     names = list_models()
     if not names:
         raise VQCodecError("no bundled models are installed")
-    pixels = image.width * image.height
-    best = None
-    for name in names:
-        data = cached_codec(name, device).compress(image, order=order)  # type: ignore[arg-type]
-        if best is None or 8 * len(data) / pixels <= target_bpp:
-            best = (name, data)
-    return best  # type: ignore[return-value]
+    files = [(name, cached_codec(name, device).compress(image, order=order)) for name in names]  # type: ignore[arg-type]
+    within = [f for f in files if 8 * len(f[1]) / (image.width * image.height) <= target_bpp]
+    if within:
+        return max(within, key=lambda f: len(f[1]))
+    return min(files, key=lambda f: len(f[1]))
 
 
 def _pairs(inputs: Sequence[Path], output: Path | None, suffix: str) -> list[tuple[Path, Path]]:

@@ -140,8 +140,9 @@ def _stage_fields(recipe: dict[str, Any], section: str) -> dict[str, Any]:
     """A two-stage recipe (vqvae, prior, vqvae_steps, prior_steps, shared fields) -> one stage's fields."""
     own, other = ("vqvae", "prior") if section == "train" else ("prior", "vqvae")
     fields = {k: v for k, v in recipe.items() if not k.startswith(other)}
-    if f"{own}_steps" in fields:
-        fields["steps"] = fields.pop(f"{own}_steps")
+    for name in ("steps", "crop"):  # stage-specific values (vqvae_steps, prior_crop, ...) win
+        if f"{own}_{name}" in fields:
+            fields[name] = fields.pop(f"{own}_{name}")
     if section == "train_prior":
         fields.pop("msssim_weight", None)  # the prior has no image loss
     return fields

@@ -111,3 +111,23 @@ def test_subprocess_error_is_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_target_bpp_picks_a_bundled_model(tmp_path, image_file):
+    from vqcodec.models import list_models
+
+    names = list_models()
+    assert len(names) >= 4, "the bundled model family is missing"
+    low = run("compress", image_file, "-o", tmp_path / "low.vqc", "--target-bpp", "0.0001")
+    assert low.exit_code == 0, low.output
+    assert "bpp" in low.output  # nothing meets the target: the smallest file
+    high = run("compress", image_file, "-o", tmp_path / "high.vqc", "--target-bpp", "100")
+    assert high.exit_code == 0, high.output
+    assert (tmp_path / "high.vqc").stat().st_size >= (tmp_path / "low.vqc").stat().st_size
+    assert run("decompress", tmp_path / "high.vqc", "-o", tmp_path / "high.png").exit_code == 0
+
+
+def test_models_lists_the_family():
+    result = run("models")
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()] == ["vqc-1", "vqc-2", "vqc-3", "vqc-4"]

@@ -102,14 +102,18 @@ def _crop(image: Image.Image, box: tuple[int, int, int, int], zoom: int) -> Imag
 
 
 def comparison_sheet(image_path: Path, codecs: Sequence[CodecUnderTest], target_bpp: float, base: Path, *,
-                     box: tuple[int, int, int, int] = (272, 64, 192, 192), zoom: int = 2) -> list[Panel]:
+                     box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> list[Panel]:
     """Crops of one image coded by each codec at (nearly) the same bpp; writes PNG + SVG.
 
-    box is (left, top, width, height) in pixels of the original image. Titles give
-    whole-image bpp and PSNR, so the match is checkable.
+    box is (left, top, width, height) in pixels of the original image, by default
+    a centred 192 px square. Titles give whole-image bpp and PSNR, so the match is
+    checkable.
     """
     with Image.open(image_path) as im:
         x = im.convert("RGB")
+    if box is None:
+        side = min(192, *x.size)
+        box = ((x.size[0] - side) // 2, (x.size[1] - side) // 2, side, side)
     panels = [matched_panel(c, x, target_bpp) for c in codecs]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.8))
     axes[0].imshow(_crop(x, box, zoom))

@@ -38,10 +38,11 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
 RECIPES: dict[str, Recipe] = {
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=400),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=400),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=200),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=200),
+    # Prior crops give every member the same symbol maps per crop (16x16 bottom, 8x8 top).
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=500, prior_crop=128),
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=500, prior_crop=128),
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=500, prior_crop=64),
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=500, prior_crop=64),
 }
 
 
