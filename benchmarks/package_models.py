@@ -66,7 +66,10 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
         f"- VQ-VAE: {steps_vq} steps (recipe: {recipe.vqvae_steps}) of batch {recipe.batch_size}, "
         f"{recipe.crop}x{recipe.crop} random crops, Adam lr {recipe.lr}, MSE + VQ losses.",
         f"- Prior: {steps_prior} steps (recipe: {recipe.prior_steps}) of batch {recipe.batch_size}, "
-        f"{recipe.prior_crop}x{recipe.prior_crop} crops, cross-entropy of both decode orders.",
+        f"{recipe.prior_crop}x{recipe.prior_crop} crops, cross-entropy of both decode orders. The shipped "
+        "prior was trained in two phases: 400-500 steps at half that crop (maps that small are mostly "
+        "border, and the top level then generalised badly to whole images), then continued at the "
+        "recipe's crop until a time box ended; rebuilding from the recipe uses the recipe's crop throughout.",
         "- Hardware: 2 CPU cores shared with other jobs, a time-boxed run of about 35 + 25 minutes "
         "(no GPU was available). This is far short of a real training budget: retrain on a GPU with "
         f"`vqcodec train --config {name}` and `vqcodec train-prior --config {name}` and more steps.",
@@ -85,6 +88,15 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
                                ("encoding_time", "encode (s/image)"), ("decoding_time", "decode (s/image)")):
                 if key in data["results"]:
                     lines.append(f"- {label}: {data['results'][key][i]:.4f}")
+    usage_file = ROOT / "benchmarks" / "results" / "codebook_usage.json"
+    if usage_file.exists():
+        levels = json.loads(usage_file.read_text())["models"].get(name, [])
+        lines += ["", "## Codebook usage on Kodak (all 24 images; benchmarks/codebook_usage.py)", ""]
+        lines += [f"- level {i} ({'bottom' if i == 0 else 'top'}): {u['in_use']:.1%} of {u['codebook_size']} codes, "
+                  f"perplexity {u['perplexity']:.0f}" for i, u in enumerate(levels)]
+        lines.append("- The top level collapsed to a few codes on whole images: it was trained on 64-px crops, "
+                     "where its maps are 4x4 or 8x8 and mostly border. Train with crops of at least 128 px "
+                     "(x4/x8 models) or 256 px (x8/x16 models).")
     return "\n".join(lines) + "\n"
 
 

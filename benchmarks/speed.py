@@ -8,7 +8,7 @@ polluted by other codecs or by allocator caches: encode runs in one process and
 writes the bitstreams, decode runs in another and reads them. Reported per image:
 wall time and peak resident memory sampled every 2 ms during the call; per run:
 RSS after loading the codec (baseline) and the process's peak RSS (ru_maxrss).
-Writes results/speed.json and results/speed.md.
+Writes results/speed.json and results/speed.md; codecs not re-run keep their earlier rows.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def run_phase(spec: str, label: str | None, phase: str, images: list[Path], tmp:
 def summarize(spec: str, encode: dict, decode: dict) -> dict:
     if "error" in encode or "error" in decode:
         return {"codec": spec, "error": encode.get("error") or decode.get("error")}
-    row: dict = {"codec": spec, "point": encode["point"],
+    row: dict = {"codec": spec, "point": encode["point"], "n_images": len(encode["images"]),
                  "bpp_mean": statistics.mean(r["bpp"] for r in encode["images"])}
     for phase, res in (("encode", encode), ("decode", decode)):
         times = [r["time_s"] for r in res["images"]]
@@ -126,21 +126,30 @@ def summarize(spec: str, encode: dict, decode: dict) -> dict:
     return row
 
 
-def markdown(rows: list[dict], threads: int, n_images: int) -> str:
-    lines = [f"# CPU speed per Kodak image ({n_images} images, {threads} thread(s), {os.cpu_count()} cores shared)\n",
+def markdown(rows: list[dict], threads: int) -> str:
+    lines = [f"# CPU speed per Kodak image ({threads} thread(s), {os.cpu_count()} cores shared with other jobs)\n",
              "Mean / median wall seconds per image; memory = peak RSS sampled during the call minus the RSS after "
              "loading the codec (fresh process per codec and phase).\n",
-             "| codec | point | bpp | encode s (mean / median) | decode s (mean / median) | encode +MiB | decode +MiB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| codec | point | images | bpp | encode s (mean / median) | decode s (mean / median) | encode +MiB "
+             "| decode +MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['codec']} | – | – | {r['error']} | | | |")
+            lines.append(f"| {r['codec']} | – | – | – | {r['error']} | | | |")
             continue
         e, d = r["encode"], r["decode"]
-        lines.append(f"| {r['codec']} | {r['point']} | {r['bpp_mean']:.3f} "
+        lines.append(f"| {r['codec']} | {r['point']} | {r['n_images']} | {r['bpp_mean']:.3f} "
                      f"| {e['time_s_mean']:.3f} / {e['time_s_median']:.3f} | {d['time_s_mean']:.3f} / {d['time_s_median']:.3f} "
                      f"| {e['peak_rss_mib_max'] - e['baseline_rss_mib']:.0f} | {d['peak_rss_mib_max'] - d['baseline_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def merge(path: Path, rows: list[dict]) -> list[dict]:
+    """Earlier runs from `path` with the codecs just measured replaced (or appended)."""
+    old = json.loads(path.read_text())["runs"] if path.is_file() else []
+    fresh = {r["codec"]: r for r in rows}
+    merged = [fresh.pop(r["codec"], r) for r in old]
+    return merged + list(fresh.values())
 
 
 @click.command()
@@ -162,9 +171,10 @@ def main(codecs: tuple[str, ...], data: Path, limit: int, threads: int, weights:
             decode = run_phase(spec, label, "decode", images, Path(tmp), weights, threads) if "error" not in encode else encode
         rows.append(summarize(spec, encode, decode))
         click.echo(f"{spec}: {rows[-1].get('error') or 'done'}")
+    rows = merge(out / "speed.json", rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps({"threads": threads, "images": len(images), "runs": rows}, indent=1))
-    (out / "speed.md").write_text(markdown(rows, threads, len(images)))
+    (out / "speed.json").write_text(json.dumps({"threads": threads, "runs": rows}, indent=1))
+    (out / "speed.md").write_text(markdown(rows, threads))
     click.echo((out / "speed.md").read_text())
 
 

@@ -193,15 +193,16 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     names = [n for n in (models or list_models()) if n != "default"]  # "default" would repeat a point
     if not names:
         raise FileNotFoundError("no bundled vqcodec models yet (vqcodec.models.list_models() is empty)")
-    points = []
+    points, digests = [], {}
     for name in names:
         codec = Codec.load(name, device="cpu")
+        digests[name] = codec.digest.hex()  # says which weights a result belongs to; models get retrained
         points.append(OperatingPoint(name, partial(codec.compress, order=order), codec.decompress, vqcodec_payload))
     return CodecUnderTest(
         name=f"vqcodec-{order}",
         description=f"vqcodec models {names}, decode order {order!r}, CPU",
         points=tuple(points),
-        settings={"models": names, "order": order, "device": "cpu"},
+        settings={"models": names, "order": order, "device": "cpu", "weights_digest": digests},
     )
 
 

@@ -24,8 +24,8 @@ from vqcodec.rd import CodecUnderTest, OperatingPoint  # noqa: E402
 PLOTS = {"psnr-rgb": ("rd-psnr", "PSNR RGB (dB)"), "ms-ssim-db": ("rd-ms-ssim", "MS-SSIM RGB (dB)")}
 
 
-def _save(fig: plt.Figure, base: Path) -> list[Path]:
-    paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
+def _save(fig: plt.Figure, base: Path, suffixes: Sequence[str] = (".png", ".svg")) -> list[Path]:
+    paths = [base.with_suffix(s) for s in suffixes]
     for path in paths:
         fig.savefig(path, dpi=150 if path.suffix == ".png" else None, bbox_inches="tight")
     plt.close(fig)
@@ -39,15 +39,17 @@ def rd_plot(measured: Sequence[dict], references: Sequence[dict], quality: str, 
     for result in measured:
         bpp, q = curve(result, quality)  # type: ignore[arg-type]
         ax.plot(bpp, q, marker="o", markersize=3.5, linewidth=1.5, label=result["name"])
-    for result in references:
+    ref_colors = plt.get_cmap("tab20b")  # a second palette: a reference never shares a measured curve's colour
+    for i, result in enumerate(references):
         bpp, q = curve(result, quality)  # type: ignore[arg-type]
-        ax.plot(bpp, q, linestyle="--", linewidth=1.0, alpha=0.7, label=f"{result['name']} (published)")
+        ax.plot(bpp, q, linestyle="--", linewidth=1.0, color=ref_colors((i * 4 + i // 5) % 20),
+                label=f"{result['name']} (published)")
     ax.set_xlim(0, max_bpp)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel(PLOTS[quality][1])
     ax.set_title(f"{PLOTS[quality][1]} vs bpp (solid: measured, whole-file rate; dashed: published)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: curves stay visible
     return _save(fig, base)
 
 
@@ -103,7 +105,7 @@ def _crop(image: Image.Image, box: tuple[int, int, int, int], zoom: int) -> Imag
 
 def comparison_sheet(image_path: Path, codecs: Sequence[CodecUnderTest], target_bpp: float, base: Path, *,
                      box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> list[Panel]:
-    """Crops of one image coded by each codec at (nearly) the same bpp; writes PNG + SVG.
+    """Crops of one image coded by each codec at (nearly) the same bpp; writes `base`.png.
 
     box is (left, top, width, height) in pixels of the original image, by default
     a centred 192 px square. Titles give whole-image bpp and PSNR, so the match is
@@ -126,5 +128,5 @@ def comparison_sheet(image_path: Path, codecs: Sequence[CodecUnderTest], target_
         ax.axis("off")
     fig.suptitle(f"Matched rate ≈ {target_bpp:.3f} bpp (whole-image numbers; crop {box}, zoom {zoom}x)", fontsize=9)
     base.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, base)
+    _save(fig, base, (".png",))  # pixels, not vectors: an SVG would only wrap the same PNG crops
     return panels

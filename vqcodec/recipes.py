@@ -38,11 +38,12 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
 RECIPES: dict[str, Recipe] = {
-    # Prior crops give every member the same symbol maps per crop (16x16 bottom, 8x8 top).
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=500, prior_crop=128),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=500, prior_crop=128),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=500, prior_crop=64),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=500, prior_crop=64),
+    # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
+    # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=650, prior_crop=256),
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=550, prior_crop=256),
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=650, prior_crop=128),
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=550, prior_crop=128),
 }
 
 
