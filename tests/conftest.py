@@ -29,6 +29,15 @@ def tiny_model(seed: int = 0):
     return vqvae.eval(), prior.eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on 2 shared cores, more intra-op threads only spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     from vqcodec.checkpoint import save_model

@@ -15,13 +15,7 @@ from vqcodec.checkpoint import (load_model, load_state, rng_state, save_model, s
 from vqcodec.errors import ModelNotFoundError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two cores shared by many processes: several intra-op threads only spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ TINY = VQVAE2Config(channels=16, res_blocks=1, res_channels=8, downsample=(2, 2)
 FAST = {"crop": 16, "batch_size": 4, "num_workers": 0, "device": "cpu", "warmup_steps": 2, "lr": 3e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two cores shared by many processes: several intra-op threads only spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
