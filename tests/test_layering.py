@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vqcodec"
 FLOW = ["errors", "image", "quantize", "vqvae", "prior", "context", "entropy", "bitstream", "checkpoint", "codec"]
-BESIDE = {"data", "metrics", "train", "runtime", "rd", "cli", "recipes"}
+BESIDE = {"data", "metrics", "train", "runtime", "rd", "peers", "bdrate", "plots", "cli", "recipes"}
 
 
 def imported_names(path: Path) -> Iterator[str]:
