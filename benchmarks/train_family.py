@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from vqcodec import recipes
+from vqcodec.checkpoint import load_state
 from vqcodec.train import PriorTrainConfig, TrainConfig, train_prior, train_vqvae
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train"
@@ -39,12 +40,34 @@ def main() -> None:
                   max_minutes=args.max_minutes, resume=True, log_every=50, val_every=500, ckpt_every=200)
     vqvae_path = args.out / "vqvae" / "vqvae.safetensors"
     if args.stage in ("vqvae", "both"):
-        vqvae_path = train_vqvae(TrainConfig(out=str(args.out / "vqvae"), vqvae=recipe.vqvae,
-                                             steps=int(recipe.vqvae_steps * args.scale), crop=recipe.crop,
-                                             msssim_weight=recipe.msssim_weight, **common))
+        vqvae_path = _train_vqvae_stages(recipe, args.out / "vqvae", args.scale, common)
     if args.stage in ("prior", "both"):
         train_prior(PriorTrainConfig(out=str(args.out / "prior"), vqvae=str(vqvae_path), prior=dict(recipe.prior),
                                      steps=int(recipe.prior_steps * args.scale), crop=recipe.prior_crop, **common))
+
+
+def _train_vqvae_stages(recipe: recipes.Recipe, out: Path, scale: float, common: dict) -> Path:
+    """First stage on the recipe's small crops, then (if any) the refine stage resumes the run."""
+    stages = [(int(recipe.vqvae_steps * scale), recipe.crop, recipe.batch_size)]
+    if recipe.vqvae_refine is not None:
+        refine = recipe.vqvae_refine
+        stages.append((int(refine.steps * scale), refine.crop, refine.batch_size))
+    done = _steps_done(out / "state.pt")
+    path = out / "vqvae.safetensors"
+    for steps, crop, batch_size in stages:
+        if done >= steps:
+            continue  # finished earlier: resuming it would only rewrite the same weights
+        path = train_vqvae(TrainConfig(out=str(out), vqvae=recipe.vqvae, steps=steps, crop=crop,
+                                       msssim_weight=recipe.msssim_weight,
+                                       **{**common, "batch_size": batch_size}))
+        done = _steps_done(out / "state.pt")
+        if done < steps:
+            break  # stopped by --max-minutes: the next call resumes this stage
+    return path
+
+
+def _steps_done(state_path: Path) -> int:
+    return int(load_state(state_path)["step"]) if state_path.exists() else 0
 
 
 if __name__ == "__main__":

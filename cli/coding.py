@@ -6,17 +6,16 @@ temporary sibling and renamed into place, so a failure never leaves half a file 
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import click
 
 from vqcodec import bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
+from vqcodec.files import write_atomically
 from vqcodec.image import open_image
 from vqcodec.models import DEFAULT, list_models, model_card
 
@@ -62,7 +61,7 @@ def compress_command(inputs: Sequence[Path], output: Path | None, model: str, ta
                 name, data = _meet_target(image, target_bpp, order, device)  # type: ignore[arg-type]
             else:
                 name, data = codec.name, codec.compress(image, order=order)  # type: ignore[arg-type]
-            write_atomically(dst, lambda f: f.write(data))
+            write_atomically(dst, lambda tmp: tmp.write_bytes(data))
             bpp = 8 * len(data) / (image.width * image.height)
             click.echo(f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp ({image.width}x{image.height}, {name})")
         except (VQCodecError, OSError) as err:
@@ -85,7 +84,7 @@ def decompress_command(inputs: Sequence[Path], output: Path | None, model: str |
             data = _read(src)
             codec = _load(model or bitstream.read_header(data).model_name, device)
             image = codec.decompress(data)
-            write_atomically(dst, lambda f: image.save(f, format="PNG"))
+            write_atomically(dst, lambda tmp: image.save(tmp, format="PNG"))
             click.echo(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
         except (VQCodecError, OSError) as err:
             failures.report(src, err)
@@ -121,19 +120,6 @@ def models_command() -> None:
     for name in names:
         first_line = next((line for line in model_card(name).splitlines() if line.strip()), "")
         click.echo(f"{name}{' (default)' if name == DEFAULT else ''}  {first_line.lstrip('# ')}")
-
-
-def write_atomically(path: Path, write: Callable) -> None:
-    """Write a file through a temporary sibling and os.replace, removing the sibling on any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load(model: str, device: str) -> Codec:

@@ -82,11 +82,16 @@ def _shared_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., A
 @click.option("--msssim-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of 1 - MS-SSIM in the loss (0: MSE only; SSIM for crops < 161). "
               f"[default: {_default(TrainConfig, 'msssim_weight')}]")
+@click.option("--refine", is_flag=True,
+              help="With --config: run the recipe's second stage (larger crops), resuming the run in --out.")
 @click.option("--channels-last/--no-channels-last", default=None,
-              help=f"channels_last memory (CUDA only). [default: {_default(TrainConfig, 'channels_last')}]")
-def train_command(recipe: str | None, vqvae_config: Path | None, **options: Any) -> None:
+              help=f"channels_last memory (faster convolutions). [default: {_default(TrainConfig, 'channels_last')}]")
+def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, **options: Any) -> None:
     """Train the VQ-VAE. Multi-GPU: torchrun --nproc_per_node N -m vqcodec.cli train ..."""
     fields = _recipe(recipe, "train")
+    refine_stage = fields.pop("vqvae_refine", None)
+    if refine:
+        fields.update(_refine_fields(recipe, refine_stage))
     if vqvae_config is not None:
         fields["vqvae"] = {**dict(fields.get("vqvae") or {}), **_read_json(vqvae_config)}
     fields.update(_given(options))
@@ -99,6 +104,8 @@ def train_command(recipe: str | None, vqvae_config: Path | None, **options: Any)
 @click.option("--vqvae", "vqvae_path", type=click.Path(exists=True, dir_okay=False),
               help="Trained VQ-VAE weights (vqvae.safetensors from `vqcodec train`).")
 @click.option("--prior-config", type=_JSON_FILE, help="JSON file of PriorConfig fields (sizes come from the VQ-VAE).")
+@click.option("--init-prior", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this model file's prior (same prior config) instead of a fresh one.")
 def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config: Path | None,
                         **options: Any) -> None:
     """Train the prior (both decode orders) on a frozen VQ-VAE's symbols; writes model.safetensors."""
@@ -110,6 +117,15 @@ def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config
     fields.update(_given(options))
     cfg = _checked(prior_train_config_from_dict, fields)
     _report(_run(train_prior, cfg))
+
+
+def _refine_fields(recipe: str | None, stage: dict[str, Any] | None) -> dict[str, Any]:
+    """The refine stage of a recipe as config fields: its steps, crop and batch, resuming the run."""
+    if recipe is None:
+        raise click.UsageError("--refine needs --config NAME (the recipe whose second stage to run)")
+    if not stage:
+        raise click.UsageError(f"--refine: recipe {recipe!r} has no refine stage")
+    return {"steps": stage["steps"], "crop": stage["crop"], "batch_size": stage["batch_size"], "resume": True}
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

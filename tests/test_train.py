@@ -175,3 +175,51 @@ def test_cli_train_and_recipe_errors(images, tmp_path):
     assert result.exit_code == 2 and "no-such-recipe" in result.output
     result = CliRunner().invoke(train_command, ["--out", str(tmp_path)])
     assert result.exit_code == 2 and "--data is required" in result.output
+
+
+def test_cli_refine_stage_resumes_the_run_on_the_recipes_larger_crops(images, tmp_path):
+    from vqcodec.cli.training import train_command
+    from vqcodec.recipes import get
+
+    (tmp_path / "vq.json").write_text(json.dumps(TINY.to_dict()))
+    base = ["--config", "vqc-3", "--data", str(images), "--out", str(tmp_path / "run"), "--vqvae-config",
+            str(tmp_path / "vq.json"), "--num-workers", "0", "--device", "cpu", "--val-fraction", "0"]
+    result = CliRunner().invoke(train_command, [*base, "--steps", "2", "--crop", "16", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    # The refine stage brings the recipe's crop; given options (steps, batch) still win over it.
+    result = CliRunner().invoke(train_command, [*base, "--refine", "--steps", "3", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    refine = get("vqc-3").vqvae_refine
+    assert (written["crop"], written["batch_size"], written["resume"]) == (refine.crop, 4, True)
+    assert load_state(tmp_path / "run" / "state.pt")["step"] == 3  # resumed at 2, not restarted
+
+    result = CliRunner().invoke(train_command, base[2:] + ["--refine"])
+    assert result.exit_code == 2 and "--refine needs --config" in result.output
+
+
+def test_prior_fine_tuning_starts_from_the_given_models_prior(images, tmp_path, tiny_model_path):
+    from vqcodec.cli.training import train_prior_command
+
+    vqvae, prior = tiny_model()
+    common = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "1", "--crop", "32",
+              "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0",
+              "--lr", "1e-30", "--warmup-steps", "0"]  # a step this small leaves the weights as they started
+    result = CliRunner().invoke(train_prior_command, [*common, "--out", str(tmp_path / "a"), "--init-prior",
+                                                      str(tiny_model_path), "--prior-config", _json(tmp_path, prior)])
+    assert result.exit_code == 0, result.output
+    tuned = load_model(tmp_path / "a" / "model.safetensors")[1].state_dict()
+    assert all(torch.equal(tuned[k], v) for k, v in prior.state_dict().items())
+
+    (tmp_path / "other.json").write_text(json.dumps({"channels": 8, "layers": 1, "fast_layers": 2}))
+    result = CliRunner().invoke(train_prior_command, [*common, "--out", str(tmp_path / "b"), "--init-prior",
+                                                      str(tiny_model_path), "--prior-config", str(tmp_path / "other.json")])
+    assert result.exit_code == 1 and "init_prior" in result.output and "prior config" in result.output
+
+
+def _json(tmp_path: Path, prior) -> str:
+    """The tunable fields of `prior`'s config as a --prior-config file."""
+    path = tmp_path / "prior.json"
+    fields = prior.config.to_dict()
+    path.write_text(json.dumps({k: fields[k] for k in ("channels", "layers", "fast_layers", "fast_groups")}))
+    return str(path)

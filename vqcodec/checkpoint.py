@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vqcodec.errors import ModelNotFoundError
+from vqcodec.files import write_atomically
 from vqcodec.prior import PriorConfig, SymbolPrior
 from vqcodec.vqvae import VQVAE2, VQVAE2Config
 
@@ -65,19 +63,6 @@ def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
                metadata: dict[str, str] | None = None) -> None:
     """Write VQ-VAE (+ prior) weights and configs to one safetensors file, atomically.
@@ -105,7 +90,7 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         meta["prior_config"] = json.dumps(unwrap(prior).config.to_dict())
         tensors.update({f"prior.{k}": v.detach().to("cpu", copy=True).contiguous()
                         for k, v in clean_state_dict(prior).items()})
-    _write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"
@@ -158,7 +143,7 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     The dict must hold only tensors and plain Python values (see `rng_state`),
     so that `load_state` can use weights_only=True.
     """
-    _write_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+    write_atomically(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

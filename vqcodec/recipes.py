@@ -15,6 +15,19 @@ from vqcodec.vqvae import VQVAE2Config
 
 
 @dataclass(frozen=True)
+class Refine:
+    """A second VQ-VAE stage: the same run resumed on larger crops until `steps` in total.
+
+    Small crops buy many cheap steps, but their top maps are all border (4x4 to 8x8), so the top
+    codebook learns border patterns and collapses on whole images; the larger crops fix that.
+    """
+
+    steps: int
+    crop: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything that defines one bundled model besides the training data."""
 
@@ -28,6 +41,7 @@ class Recipe:
     lr: float = 8e-4
     warmup_steps: int = 100
     msssim_weight: float = 0.0
+    vqvae_refine: Refine | None = None  # `vqcodec train --config NAME --refine` after the first stage
 
 
 def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE2Config:
@@ -37,13 +51,21 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
+# x8-grid members refine on 192-px crops (12x12 top maps), x4-grid members on 128 px (16x16).
+_REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8)
+_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16)
+
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=650, prior_crop=256),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=550, prior_crop=256),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=650, prior_crop=128),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=550, prior_crop=128),
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=650, prior_crop=256,
+                    vqvae_refine=_REFINE_X8),
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=550, prior_crop=256,
+                    vqvae_refine=_REFINE_X8),
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=650, prior_crop=128,
+                    vqvae_refine=_REFINE_X4),
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=550, prior_crop=128,
+                    vqvae_refine=_REFINE_X4),
 }
 
 

@@ -63,7 +63,7 @@ class TrainConfig:
     num_workers: int = 2
     device: str = "auto"                # "auto" | "cpu" | "cuda"
     amp: bool = True                    # bf16 autocast, CUDA only
-    channels_last: bool = True          # CUDA only
+    channels_last: bool = True          # NHWC memory: faster convolutions on CUDA and CPU
     compile: bool = False               # torch.compile
     log_every: int = 10
     val_every: int = 1000
@@ -95,6 +95,7 @@ class PriorTrainConfig:
     val_data: str | None = None
     val_fraction: float = 0.05
     prior: PriorConfig | Mapping[str, Any] | None = None
+    init_prior: str | None = None       # start from this model file's prior (fine-tuning) unless resuming
     steps: int = 50_000
     batch_size: int = 16
     crop: int = 256
@@ -291,7 +292,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
-    prior = place_model(SymbolPrior(prior_cfg), rt)
+    prior = place_model(_initial_prior(prior_cfg, cfg.init_prior), rt)
     optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     state_path, step = out / "prior_state.pt", 0
@@ -325,6 +326,21 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
              checkpoint=checkpoint, log=MetricsLog(out / "prior_log.jsonl", rt.is_main))
     return out / "model.safetensors"
+
+
+def _initial_prior(cfg: PriorConfig, init_from: str | None) -> SymbolPrior:
+    """A fresh prior, or the prior of model file `init_from`, which must have exactly this config."""
+    prior = SymbolPrior(cfg)
+    if init_from is None:
+        return prior
+    found = load_model(init_from)[1]
+    if found is None:
+        raise ValueError(f"init_prior: {init_from} holds no prior")
+    if found.config != cfg:
+        raise ValueError(f"init_prior: {init_from} has prior config {found.config.to_dict()}, "
+                         f"this run needs {cfg.to_dict()}")
+    prior.load_state_dict(found.state_dict())
+    return prior
 
 
 def resolve_prior_config(vq: VQVAE2Config, given: PriorConfig | Mapping[str, Any] | None) -> PriorConfig:

@@ -1,0 +1,29 @@
+"""Atomic writes: a failed write leaves the old file and no temporary sibling behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from vqcodec.files import write_atomically
+
+
+def test_a_write_replaces_the_file_and_creates_missing_folders(tmp_path):
+    target = tmp_path / "new" / "out.bin"
+    write_atomically(target, lambda tmp: tmp.write_bytes(b"first"))
+    write_atomically(target, lambda tmp: tmp.write_bytes(b"second"))
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_sibling(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt  # even an interrupt must not leave debris
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, half_then_fail)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
