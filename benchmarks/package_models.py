@@ -24,11 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "vqcodec" / "models"
 
 
-def last_record(log: Path) -> dict:
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    return lines[-1] if lines else {}
-
-
 def records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
@@ -43,16 +38,61 @@ def package(name: str, run: Path) -> Path:
     return target
 
 
-def card(name: str, run: Path, results_dir: Path | None) -> str:
+def train_minutes(log: list[dict], batch_of_step) -> float:
+    """Wall-clock minutes of a run, from its logged throughput (log records every 50 steps)."""
+    train = [r for r in log if r.get("kind") == "train" and r.get("images_per_s")]
+    minutes, last = 0.0, 0
+    for r in train:
+        minutes += (r["step"] - last) * batch_of_step(r["step"]) / r["images_per_s"] / 60
+        last = r["step"]
+    return minutes
+
+
+def training_lines(name: str, run: Path) -> list[str]:
     recipe = recipes.get(name)
+    refine = recipe.vqvae_refine
     vq_log, prior_log = records(run / "vqvae" / "log.jsonl"), records(run / "prior" / "prior_log.jsonl")
-    vq_last = next((r for r in reversed(vq_log) if "psnr" in r), {})
-    vq_val = next((r for r in reversed(vq_log) if any(k.startswith("val") for k in r)), {})
-    prior_val = next((r for r in reversed(prior_log) if any(k.startswith("val") for k in r)), {})
+    prior_cfg = json.loads((run / "prior" / "prior_train_config.json").read_text())
     steps_vq = max((r.get("step", 0) for r in vq_log), default=0)
     steps_prior = max((r.get("step", 0) for r in prior_log), default=0)
+    vq_minutes = train_minutes(vq_log, lambda step: recipe.batch_size if step <= recipe.vqvae_steps or not refine
+                               else refine.batch_size)
+    prior_minutes = train_minutes(prior_log, lambda step: prior_cfg["batch_size"])
     lines = [
-        f"# {name}{' (default)' if name == DEFAULT else ''}: VQ-VAE-2 + PixelCNN prior, trained briefly on CPU",
+        "- Data: `shared/data/train`, 1,300 natural-photo crops (BSDS500 train/test, an ImageNet sample, "
+        "Urban100, Sun-Hays80; research/non-commercial licence terms of those datasets apply, see the "
+        "data set's SOURCES.md). Never Kodak.",
+        f"- VQ-VAE, stage 1: {recipe.vqvae_steps} steps of batch {recipe.batch_size}, {recipe.crop}x{recipe.crop} "
+        f"random crops, Adam lr {recipe.lr} (cosine), MSE + VQ losses (`vqcodec train --config {name}`).",
+    ]
+    if refine:
+        lines.append(f"- VQ-VAE, refine stage: the same run resumed to {refine.steps} steps in total "
+                     f"(trained: {steps_vq}) on {refine.crop}x{refine.crop} crops, batch {refine.batch_size}, "
+                     f"the cosine schedule stretched to the new length (`vqcodec train --config {name} --refine`). "
+                     "Larger crops give the top level real interior context; on the stage-1 crops its maps "
+                     "were all border and its codebook collapsed on whole images.")
+    prior_text = (f"- Prior: {steps_prior} steps of batch {prior_cfg['batch_size']}, {prior_cfg['crop']}x"
+                  f"{prior_cfg['crop']} crops, cross-entropy of both decode orders (`vqcodec train-prior --config {name}`).")
+    if prior_cfg.get("init_prior"):
+        prior_text += (" Fine-tuned (`--init-prior`) from the previous release's prior, which had seen about "
+                       f"1,000-1,150 steps on the stage-1 symbols; a from-scratch rebuild should use "
+                       f"{recipe.prior_steps} or more steps.")
+    lines += [
+        prior_text,
+        f"- Hardware: 2 shared CPU cores, no GPU (none was lent to this task): about {vq_minutes:.0f} minutes "
+        f"for the VQ-VAE and {prior_minutes:.0f} for this prior stage, several runs sharing the cores. This is "
+        "far short of a real training budget; a GPU run of the same recipe with many more steps is the next step.",
+        f"- Last training log: `{json.dumps(next((r for r in reversed(vq_log) if 'psnr' in r), {}))}`",
+        f"- Validation (prior): "
+        f"`{json.dumps(next((r for r in reversed(prior_log) if any(k.startswith('val') for k in r)), {}))}`",
+    ]
+    return lines
+
+
+def card(name: str, run: Path, results_dir: Path | None) -> str:
+    recipe = recipes.get(name)
+    lines = [
+        f"# {name}{' (default)' if name == DEFAULT else ''}: VQ-VAE-2 + PixelCNN prior, trained on CPU",
         "",
         "## Architecture",
         f"- VQ-VAE-2 config: `{json.dumps(recipe.vqvae.to_dict())}`",
@@ -60,22 +100,7 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
         "- Weights stored in fp16, computed in float32.",
         "",
         "## Training",
-        "- Data: `shared/data/train`, 1,300 natural-photo crops (BSDS500 train/test, an ImageNet sample, "
-        "Urban100, Sun-Hays80; research/non-commercial licence terms of those datasets apply, see the "
-        "data set's SOURCES.md). Never Kodak.",
-        f"- VQ-VAE: {steps_vq} steps (recipe: {recipe.vqvae_steps}) of batch {recipe.batch_size}, "
-        f"{recipe.crop}x{recipe.crop} random crops, Adam lr {recipe.lr}, MSE + VQ losses.",
-        f"- Prior: {steps_prior} steps (recipe: {recipe.prior_steps}) of batch {recipe.batch_size}, "
-        f"{recipe.prior_crop}x{recipe.prior_crop} crops, cross-entropy of both decode orders. The shipped "
-        "prior was trained in two phases: 400-500 steps at half that crop (maps that small are mostly "
-        "border, and the top level then generalised badly to whole images), then continued at the "
-        "recipe's crop until a time box ended; rebuilding from the recipe uses the recipe's crop throughout.",
-        "- Hardware: 2 CPU cores shared with other jobs, a time-boxed run of about 35 + 25 minutes "
-        "(no GPU was available). This is far short of a real training budget: retrain on a GPU with "
-        f"`vqcodec train --config {name}` and `vqcodec train-prior --config {name}` and more steps.",
-        f"- Last training log: `{json.dumps(vq_last)}`",
-        f"- Validation (VQ-VAE): `{json.dumps(vq_val)}`",
-        f"- Validation (prior): `{json.dumps(prior_val)}`",
+        *training_lines(name, run),
     ]
     result = results_dir / "vqcodec-fast.json" if results_dir else None
     if result and result.exists():
@@ -94,9 +119,10 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
         lines += ["", "## Codebook usage on Kodak (all 24 images; benchmarks/codebook_usage.py)", ""]
         lines += [f"- level {i} ({'bottom' if i == 0 else 'top'}): {u['in_use']:.1%} of {u['codebook_size']} codes, "
                   f"perplexity {u['perplexity']:.0f}" for i, u in enumerate(levels)]
-        lines.append("- The top level collapsed to a few codes on whole images: it was trained on 64-px crops, "
-                     "where its maps are 4x4 or 8x8 and mostly border. Train with crops of at least 128 px "
-                     "(x4/x8 models) or 256 px (x8/x16 models).")
+        low = [i for i, u in enumerate(levels) if u["in_use"] < 0.9]
+        if low:
+            lines.append(f"- Below the 90% bar on level(s) {', '.join(map(str, low))}: those codes are learnt "
+                         "but rarely chosen on photos; longer training on large crops is the known remedy.")
     return "\n".join(lines) + "\n"
 
 

@@ -82,6 +82,9 @@ def _shared_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., A
 @click.option("--msssim-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of 1 - MS-SSIM in the loss (0: MSE only; SSIM for crops < 161). "
               f"[default: {_default(TrainConfig, 'msssim_weight')}]")
+@click.option("--top-only", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Share of samples decoded from the top level alone, which keeps the top level in use. "
+              f"[default: {_default(TrainConfig, 'top_only')}]")
 @click.option("--refine", is_flag=True,
               help="With --config: run the recipe's second stage (larger crops), resuming the run in --out.")
 @click.option("--channels-last/--no-channels-last", default=None,
@@ -125,7 +128,8 @@ def _refine_fields(recipe: str | None, stage: dict[str, Any] | None) -> dict[str
         raise click.UsageError("--refine needs --config NAME (the recipe whose second stage to run)")
     if not stage:
         raise click.UsageError(f"--refine: recipe {recipe!r} has no refine stage")
-    return {"steps": stage["steps"], "crop": stage["crop"], "batch_size": stage["batch_size"], "resume": True}
+    return {"steps": stage["steps"], "crop": stage["crop"], "batch_size": stage["batch_size"],
+            "top_only": stage["top_only"], "resume": True}
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

@@ -192,6 +192,7 @@ def test_cli_refine_stage_resumes_the_run_on_the_recipes_larger_crops(images, tm
     written = json.loads((tmp_path / "run" / "train_config.json").read_text())
     refine = get("vqc-3").vqvae_refine
     assert (written["crop"], written["batch_size"], written["resume"]) == (refine.crop, 4, True)
+    assert written["top_only"] == refine.top_only > 0
     assert load_state(tmp_path / "run" / "state.pt")["step"] == 3  # resumed at 2, not restarted
 
     result = CliRunner().invoke(train_command, base[2:] + ["--refine"])
@@ -223,3 +224,28 @@ def _json(tmp_path: Path, prior) -> str:
     fields = prior.config.to_dict()
     path.write_text(json.dumps({k: fields[k] for k in ("channels", "layers", "fast_layers", "fast_groups")}))
     return str(path)
+
+
+def test_top_only_samples_are_decoded_from_the_top_level_alone():
+    from vqcodec.vqvae import VQVAE2
+
+    torch.manual_seed(0)
+    model = VQVAE2(TINY).eval()
+    x = torch.rand(2, 3, 16, 16)
+    hidden = model(x, torch.tensor([True, False])).x_hat
+    plain = model(x).x_hat
+    assert torch.equal(hidden[1], plain[1]) and not torch.allclose(hidden[0], plain[0])
+    # A sample decoded from the top alone no longer depends on the bottom code it was given.
+    with torch.no_grad():
+        model.quantizers[0].codebook.add_(torch.randn_like(model.quantizers[0].codebook))
+    assert torch.equal(model(x, torch.tensor([True, False])).x_hat[0], hidden[0])
+
+
+def test_top_only_training_weighs_the_full_decode_first(images, tmp_path):
+    cfg = TrainConfig(data=str(images), out=str(tmp_path), vqvae=TINY, steps=6, log_every=3, val_every=1000,
+                      ckpt_every=1000, top_only=0.5, top_only_weight=0.25, **FAST)
+    train_vqvae(cfg)
+    logged = records(tmp_path / "log.jsonl", "train")
+    assert len(logged) == 2 and all(r["mse"] > 0 for r in logged)
+    with pytest.raises(ValueError, match="top_only"):
+        TrainConfig(data=str(images), out=str(tmp_path), vqvae=TINY, top_only=1.0)

@@ -25,6 +25,7 @@ class Refine:
     steps: int
     crop: int
     batch_size: int
+    top_only: float = 0.0  # TrainConfig.top_only: share of samples decoded from the top level alone
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
 # x8-grid members refine on 192-px crops (12x12 top maps), x4-grid members on 128 px (16x16).
-_REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8)
-_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16)
+_REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8, top_only=0.2)
+_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16, top_only=0.2)
 
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all

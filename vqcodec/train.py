@@ -60,6 +60,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1           # cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0              # max global grad norm; 0 disables
     msssim_weight: float = 0.0          # 0: MSE only; MS-SSIM needs crop >= 161 (else SSIM)
+    top_only: float = 0.0               # share of samples decoded from the top level alone (keeps it alive)
+    top_only_weight: float = 0.25       # their weight in the image loss, so the full decode still leads
     num_workers: int = 2
     device: str = "auto"                # "auto" | "cpu" | "cuda"
     amp: bool = True                    # bf16 autocast, CUDA only
@@ -76,6 +78,9 @@ class TrainConfig:
         _check_common(self)
         if self.msssim_weight < 0:
             raise ValueError(f"msssim_weight must be >= 0, got {self.msssim_weight}")
+        if not 0 <= self.top_only < 1 or self.top_only_weight < 0:
+            raise ValueError(f"need 0 <= top_only < 1 and top_only_weight >= 0, got {self.top_only}, "
+                             f"{self.top_only_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,11 +200,12 @@ def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
 
     def train_step() -> dict[str, Tensor]:
         x = to_device(next(batches), rt, cfg.channels_last)  # (B, 3, crop, crop)
+        hide = torch.rand(x.shape[0], device=x.device) < cfg.top_only if cfg.top_only > 0 else None
         with autocast(rt, cfg.amp):
-            result = net(x)
+            result = net(x, hide) if hide is not None else net(x)
         x_hat = result.x_hat.float()
-        mse = F.mse_loss(x_hat, x)
-        loss = mse + result.vq_loss
+        mse, image_loss = _image_losses(x_hat, x, hide, cfg.top_only_weight)
+        loss = image_loss + result.vq_loss
         metrics = {"mse": mse.detach(), "vq_loss": result.vq_loss.detach()}
         if structural is not None:
             similarity = structural(x_hat, x)
@@ -225,6 +231,18 @@ def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
              checkpoint=checkpoint, log=MetricsLog(out / "log.jsonl", rt.is_main))
     return out / "vqvae.safetensors"
+
+
+def _image_losses(x_hat: Tensor, x: Tensor, hide: Tensor | None, hide_weight: float) -> tuple[Tensor, Tensor]:
+    """(MSE of the fully decoded samples, the weighted MSE to train on); top-only samples weigh hide_weight."""
+    if hide is None:
+        mse = F.mse_loss(x_hat, x)
+        return mse, mse
+    per_sample = (x_hat - x).square().mean(dim=(1, 2, 3))
+    weights = torch.where(hide, hide_weight, 1.0)
+    full = ~hide
+    mse = per_sample[full].mean() if bool(full.any()) else per_sample.new_zeros(())
+    return mse, (per_sample * weights).sum() / weights.sum()
 
 
 def structural_similarity(crop: int) -> Callable[[Tensor, Tensor], Tensor]:

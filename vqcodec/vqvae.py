@@ -219,8 +219,19 @@ class VQVAE2(nn.Module):
         maps = [quantized[0]] + [up(q) for up, q in zip(self.upsamplers, quantized[1:])]
         return self.decoder(torch.cat(maps, dim=1)) + 0.5
 
-    def forward(self, x: Tensor) -> VQVAE2Output:
-        """Training/eval pass. x (B, 3, H, W) float32 in [0, 1], any H, W."""
+    @staticmethod
+    def _hide_lower_levels(quantized: list[Tensor], hide: Tensor) -> list[Tensor]:
+        """Zero the maps below the top level for the samples where hide (B,) is True."""
+        keep = (~hide).to(quantized[0].dtype).view(-1, 1, 1, 1)
+        return [q * keep for q in quantized[:-1]] + [quantized[-1]]
+
+    def forward(self, x: Tensor, hide_lower: Tensor | None = None) -> VQVAE2Output:
+        """Training/eval pass. x (B, 3, H, W) float32 in [0, 1], any H, W.
+
+        hide_lower (B,) bool, training only: those samples are decoded from the top level alone.
+        Without that pressure the decoder learns to rely on the bottom level, the top encoder's
+        output shrinks to a point and its codebook collapses (measured: perplexity 2 of 256 codes).
+        """
         features = self._features(self._pad(x))
         levels = self.config.levels
         quantized: list[Tensor] = [x.new_empty(0)] * levels
@@ -231,6 +242,8 @@ class VQVAE2(nn.Module):
             out = self.quantizers[level](self._quantizer_input(level, features, above))
             quantized[level], symbols[level], above = out.quantized, out.symbols, out.quantized
             vq_loss = vq_loss + out.loss
+        if hide_lower is not None and levels > 1:
+            quantized = self._hide_lower_levels(quantized, hide_lower)
         x_hat = self._decode_quantized(quantized)[:, :, : x.shape[2], : x.shape[3]]
         return VQVAE2Output(x_hat, vq_loss, symbols)
 
