@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--stage", choices=["vqvae", "prior", "both"], default="both")
+    parser.add_argument("--prior-steps", type=int, default=None, help="override the recipe's prior steps")
     parser.add_argument("--init-prior", default=None,
                         help="start the prior from this model file's prior (e.g. the shipped one after a VQ-VAE refine)")
     args = parser.parse_args()
@@ -46,22 +47,23 @@ def main() -> None:
     if args.stage in ("prior", "both"):
         train_prior(PriorTrainConfig(out=str(args.out / "prior"), vqvae=str(vqvae_path), prior=dict(recipe.prior),
                                      init_prior=args.init_prior,
-                                     steps=int(recipe.prior_steps * args.scale), crop=recipe.prior_crop, **common))
+                                     steps=args.prior_steps or int(recipe.prior_steps * args.scale), crop=recipe.prior_crop,
+                                     **common))
 
 
 def _train_vqvae_stages(recipe: recipes.Recipe, out: Path, scale: float, common: dict) -> Path:
     """First stage on the recipe's small crops, then (if any) the refine stage resumes the run."""
-    stages = [(int(recipe.vqvae_steps * scale), recipe.crop, recipe.batch_size, 0.0)]
+    stages = [(int(recipe.vqvae_steps * scale), recipe.crop, recipe.batch_size)]
     if recipe.vqvae_refine is not None:
         refine = recipe.vqvae_refine
-        stages.append((int(refine.steps * scale), refine.crop, refine.batch_size, refine.top_only))
+        stages.append((int(refine.steps * scale), refine.crop, refine.batch_size))
     done = _steps_done(out / "state.pt")
     path = out / "vqvae.safetensors"
-    for steps, crop, batch_size, top_only in stages:
+    for steps, crop, batch_size in stages:
         if done >= steps:
             continue  # finished earlier: resuming it would only rewrite the same weights
         path = train_vqvae(TrainConfig(out=str(out), vqvae=recipe.vqvae, steps=steps, crop=crop,
-                                       msssim_weight=recipe.msssim_weight, top_only=top_only,
+                                       msssim_weight=recipe.msssim_weight, top_only=recipe.top_only,
                                        **{**common, "batch_size": batch_size}))
         done = _steps_done(out / "state.pt")
         if done < steps:

@@ -128,8 +128,7 @@ def _refine_fields(recipe: str | None, stage: dict[str, Any] | None) -> dict[str
         raise click.UsageError("--refine needs --config NAME (the recipe whose second stage to run)")
     if not stage:
         raise click.UsageError(f"--refine: recipe {recipe!r} has no refine stage")
-    return {"steps": stage["steps"], "crop": stage["crop"], "batch_size": stage["batch_size"],
-            "top_only": stage["top_only"], "resume": True}
+    return {"steps": stage["steps"], "crop": stage["crop"], "batch_size": stage["batch_size"], "resume": True}
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +163,8 @@ def _stage_fields(recipe: dict[str, Any], section: str) -> dict[str, Any]:
         if f"{own}_{name}" in fields:
             fields[name] = fields.pop(f"{own}_{name}")
     if section == "train_prior":
-        fields.pop("msssim_weight", None)  # the prior has no image loss
+        for image_only in ("msssim_weight", "top_only"):  # the prior has no image loss
+            fields.pop(image_only, None)
     return fields
 
 

@@ -192,7 +192,7 @@ def test_cli_refine_stage_resumes_the_run_on_the_recipes_larger_crops(images, tm
     written = json.loads((tmp_path / "run" / "train_config.json").read_text())
     refine = get("vqc-3").vqvae_refine
     assert (written["crop"], written["batch_size"], written["resume"]) == (refine.crop, 4, True)
-    assert written["top_only"] == refine.top_only > 0
+    assert written["top_only"] == get("vqc-3").top_only > 0
     assert load_state(tmp_path / "run" / "state.pt")["step"] == 3  # resumed at 2, not restarted
 
     result = CliRunner().invoke(train_command, base[2:] + ["--refine"])

@@ -25,7 +25,6 @@ class Refine:
     steps: int
     crop: int
     batch_size: int
-    top_only: float = 0.0  # TrainConfig.top_only: share of samples decoded from the top level alone
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,9 @@ class Recipe:
     lr: float = 8e-4
     warmup_steps: int = 100
     msssim_weight: float = 0.0
+    # Share of VQ-VAE samples decoded from the top level alone: without it the top level died in
+    # stage 1 (its encoder output became one vector) and the codebook was used only along borders.
+    top_only: float = 0.2
     vqvae_refine: Refine | None = None  # `vqcodec train --config NAME --refine` after the first stage
 
 
@@ -53,8 +55,8 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
 # x8-grid members refine on 192-px crops (12x12 top maps), x4-grid members on 128 px (16x16).
-_REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8, top_only=0.2)
-_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16, top_only=0.2)
+_REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8)
+_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16)
 
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
