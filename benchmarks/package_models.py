@@ -38,6 +38,10 @@ def package(name: str, run: Path) -> Path:
     return target
 
 
+# What the shipped weights went through beyond their recipe (this release, trained on CPU).
+TOP_RESET_AT = {"vqc-1": 4400, "vqc-3": 2600}  # benchmarks/reset_top_level.py, then resumed
+
+
 def train_minutes(log: list[dict], batch_of_step) -> float:
     """Wall-clock minutes of a run, from its logged throughput (log records every 50 steps)."""
     train = [r for r in log if r.get("kind") == "train" and r.get("images_per_s")]
@@ -63,14 +67,21 @@ def training_lines(name: str, run: Path) -> list[str]:
         "Urban100, Sun-Hays80; research/non-commercial licence terms of those datasets apply, see the "
         "data set's SOURCES.md). Never Kodak.",
         f"- VQ-VAE, stage 1: {recipe.vqvae_steps} steps of batch {recipe.batch_size}, {recipe.crop}x{recipe.crop} "
-        f"random crops, Adam lr {recipe.lr} (cosine), MSE + VQ losses (`vqcodec train --config {name}`).",
+        f"random crops, Adam lr {recipe.lr} (cosine), MSE + VQ losses (`vqcodec train --config {name}`). "
+        f"The recipe decodes {recipe.top_only:.0%} of the samples from the top level alone (weight "
+        "0.25); the shipped weights ran stage 1 without that, and their top level died (one encoder "
+        "output everywhere inside the image), which is why the recipe now has it.",
     ]
     if refine:
         lines.append(f"- VQ-VAE, refine stage: the same run resumed to {refine.steps} steps in total "
                      f"(trained: {steps_vq}) on {refine.crop}x{refine.crop} crops, batch {refine.batch_size}, "
                      f"the cosine schedule stretched to the new length (`vqcodec train --config {name} --refine`). "
-                     "Larger crops give the top level real interior context; on the stage-1 crops its maps "
-                     "were all border and its codebook collapsed on whole images.")
+                     f"Larger crops give the top level interior context, and top-only decoding ({recipe.top_only:.0%}) "
+                     "made the top level carry the image again.")
+    if name in TOP_RESET_AT:
+        lines.append(f"- At step {TOP_RESET_AT[name]} the dead top encoder was re-initialised "
+                     "(`benchmarks/reset_top_level.py`: its ReLUs were dead, so no gradient could revive it) "
+                     "and the run resumed.")
     prior_text = (f"- Prior: {steps_prior} steps of batch {prior_cfg['batch_size']}, {prior_cfg['crop']}x"
                   f"{prior_cfg['crop']} crops, cross-entropy of both decode orders (`vqcodec train-prior --config {name}`).")
     if prior_cfg.get("init_prior"):

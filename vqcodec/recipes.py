@@ -56,7 +56,7 @@ _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
 
 # x8-grid members refine on 192-px crops (12x12 top maps), x4-grid members on 128 px (16x16).
 _REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8)
-_REFINE_X4 = Refine(steps=5000, crop=128, batch_size=16)
+_REFINE_X4 = Refine(steps=4200, crop=128, batch_size=16)
 
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all

@@ -172,7 +172,8 @@ def _build(cls: type, fields: dict[str, Any]) -> Any:
 def train_vqvae(cfg: TrainConfig) -> Path:
     """Train a VQ-VAE-2; returns out/vqvae.safetensors (also written on a time stop).
 
-    Loss: MSE + msssim_weight * (1 - MS-SSIM) + the quantizers' losses.
+    Loss: MSE + msssim_weight * (1 - MS-SSIM) + the quantizers' losses. With top_only > 0 that share
+    of the samples is decoded from the top level alone and weighs top_only_weight in the MSE.
     """
     rt = setup_runtime(cfg.device)
     try:
