@@ -40,6 +40,8 @@ def package(name: str, run: Path) -> Path:
 
 # What the shipped weights went through beyond their recipe (this release, trained on CPU).
 TOP_RESET_AT = {"vqc-1": 4400, "vqc-3": 2600}  # benchmarks/reset_top_level.py, then resumed
+# Steps of the previous release's prior (half crop, then full crop) that this release fine-tuned.
+PRIOR_BEFORE = {"vqc-1": (500, 650), "vqc-2": (465, 550), "vqc-3": (500, 650), "vqc-4": (411, 550)}
 
 
 def train_minutes(log: list[dict], batch_of_step) -> float:
@@ -84,10 +86,11 @@ def training_lines(name: str, run: Path) -> list[str]:
                      "and the run resumed.")
     prior_text = (f"- Prior: {steps_prior} steps of batch {prior_cfg['batch_size']}, {prior_cfg['crop']}x"
                   f"{prior_cfg['crop']} crops, cross-entropy of both decode orders (`vqcodec train-prior --config {name}`).")
-    if prior_cfg.get("init_prior"):
-        prior_text += (" Fine-tuned (`--init-prior`) from the previous release's prior, which had seen about "
-                       f"1,000-1,150 steps on the stage-1 symbols; a from-scratch rebuild should use "
-                       f"{recipe.prior_steps} or more steps.")
+    if prior_cfg.get("init_prior") and name in PRIOR_BEFORE:
+        half, full = PRIOR_BEFORE[name]
+        prior_text += (f" Fine-tuned (`--init-prior`) from the previous release's prior, trained {half} steps at "
+                       f"half this crop and {full} at this crop on the stage-1 symbols: {half + full + steps_prior} "
+                       f"steps in all, the recipe's {recipe.prior_steps} for a from-scratch rebuild.")
     lines += [
         prior_text,
         f"- Hardware: 2 shared CPU cores, no GPU (none was lent to this task): about {vq_minutes:.0f} minutes "

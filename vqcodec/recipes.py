@@ -2,8 +2,8 @@
 
 The family spans rate by design rather than by training length: vqc-1/2 put the bottom level on a
 x8 grid (few symbols), vqc-3/4 on a x4 grid; the odd members use 256-symbol codebooks, the even ones
-1024 at the bottom. The step counts are what the shipped weights were trained with (a short CPU
-budget, see each model card); a GPU run should raise them.
+1024 at the bottom. The step counts are what the shipped weights saw in total (a short CPU budget; the
+model cards give the exact history, which resumed and fine-tuned runs); a GPU run should raise them.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ _REFINE_X4 = Refine(steps=4200, crop=128, batch_size=16)
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=650, prior_crop=256,
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=1750, prior_crop=256,
                     vqvae_refine=_REFINE_X8),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=550, prior_crop=256,
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=1600, prior_crop=256,
                     vqvae_refine=_REFINE_X8),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=650, prior_crop=128,
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=1850, prior_crop=128,
                     vqvae_refine=_REFINE_X4),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=550, prior_crop=128,
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=1450, prior_crop=128,
                     vqvae_refine=_REFINE_X4),
 }
 
