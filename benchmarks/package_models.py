@@ -1,11 +1,15 @@
 """Copy trained models into the package as fp16 safetensors and write their model cards.
 
-    python benchmarks/package_models.py --runs runs [--results benchmarks/results/kodak]
+    python benchmarks/package_models.py --runs runs [--results benchmarks/results/kodak] [--keep-history]
 
-For each vqc-N with runs/vqc-N/prior/model.safetensors: weights are stored in fp16 (halves the
-package; the codec computes in float32, and the RD numbers in the card are measured on the fp16
-weights after packaging), and vqcodec/models/vqc-N.md is written from the training logs and, when
-present, its point in the Kodak results (benchmarks/results/kodak/vqcodec-fast.json).
+For each vqc-N with runs/vqc-N/decoder/model.safetensors (the recipe's last stage) or else
+runs/vqc-N/prior/model.safetensors: weights are stored in fp16 (halves the package; the codec
+computes in float32, and the RD numbers in the card are measured on the fp16 weights after
+packaging), and vqcodec/models/vqc-N.md is written from the training logs and, when present, its
+point in the Kodak results (benchmarks/results/kodak/vqcodec-fast.json).
+
+--keep-history: the run holds only a decoder stage on top of the shipped model (the earlier
+stages' logs are gone); the card keeps its training history and gains the decoder stage.
 """
 
 from __future__ import annotations
@@ -28,8 +32,16 @@ def records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def package(name: str, run: Path) -> Path:
-    vqvae, prior, meta = load_model(run / "prior" / "model.safetensors")
+def final_model(run: Path) -> Path | None:
+    """The last stage's model file of a run: the decoder stage's if it ran, else the prior's."""
+    for stage in ("decoder", "prior"):
+        if (run / stage / "model.safetensors").exists():
+            return run / stage / "model.safetensors"
+    return None
+
+
+def package(name: str, model_file: Path) -> Path:
+    vqvae, prior, meta = load_model(model_file)
     for module in (vqvae, prior):
         module.half()
     target = MODELS / BUNDLED[name]
@@ -103,19 +115,63 @@ def training_lines(name: str, run: Path) -> list[str]:
     return lines
 
 
+def decoder_lines(name: str, run: Path) -> list[str]:
+    """The decoder stage of the card's Training section (empty when the run has none)."""
+    config_file = run / "decoder" / "decoder_train_config.json"
+    if not config_file.exists():
+        return []
+    cfg = json.loads(config_file.read_text())
+    log = records(run / "decoder" / "decoder_log.jsonl")
+    steps = max((r.get("step", 0) for r in log), default=0)
+    minutes = train_minutes(log, lambda step: cfg["batch_size"])
+    val = [r["val_psnr"] for r in log if "val_psnr" in r]
+    gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
+    return [
+        f"- Decoder stage: {cfg['refine_blocks']} identity-initialised residual blocks added to the decoder trunk, "
+        f"then the decoder side alone trained {steps} steps of batch {cfg['batch_size']} on {cfg['crop']}x{cfg['crop']} "
+        f"crops, Adam lr {cfg['lr']} (cosine), MSE, on the frozen symbols (`vqcodec train-decoder --config {name} "
+        f"--model ...`): encoder, codebooks and prior are unchanged, so every image codes to the same symbols and "
+        f"bits as before this stage. About {minutes:.0f} minutes on 1 CPU thread.{gain}",
+        f"- Last decoder-stage log: `{json.dumps(next((r for r in reversed(log) if 'psnr' in r), {}))}`",
+    ]
+
+
 def card(name: str, run: Path, results_dir: Path | None) -> str:
-    recipe = recipes.get(name)
     lines = [
         f"# {name}{' (default)' if name == DEFAULT else ''}: VQ-VAE-2 + PixelCNN prior, trained on CPU",
         "",
         "## Architecture",
-        f"- VQ-VAE-2 config: `{json.dumps(recipe.vqvae.to_dict())}`",
-        f"- Prior config (PixelCNN raster order + grouped fast order): `{json.dumps(recipe.prior)}`",
-        "- Weights stored in fp16, computed in float32.",
+        *architecture_lines(name),
         "",
         "## Training",
         *training_lines(name, run),
+        *decoder_lines(name, run),
     ]
+    return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
+
+
+def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
+    """The shipped card's Training section (its runs' logs are gone) + this run's decoder stage."""
+    old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
+    training = old[old.index("## Training") + 1 :]
+    training = [line for line in training if not line.startswith(("- Decoder stage:", "- Last decoder-stage log:"))]
+    lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training,
+             *decoder_lines(name, run)]
+    return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
+
+
+def architecture_lines(name: str) -> list[str]:
+    vqvae, prior, _ = load_model(MODELS / BUNDLED[name])
+    return [
+        f"- VQ-VAE-2 config: `{json.dumps(vqvae.config.to_dict())}`",
+        f"- Prior config (PixelCNN raster order + grouped fast order): `{json.dumps(prior.config.to_dict())}`",
+        "- Weights stored in fp16, computed in float32.",
+    ]
+
+
+def measured_lines(name: str, results_dir: Path | None) -> list[str]:
+    """Kodak RD point and codebook usage sections, from the committed benchmark results."""
+    lines: list[str] = []
     result = results_dir / "vqcodec-fast.json" if results_dir else None
     if result and result.exists():
         data = json.loads(result.read_text())
@@ -137,7 +193,7 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
         if low:
             lines.append(f"- Below the 90% bar on level(s) {', '.join(map(str, low))}: those codes are learnt "
                          "but rarely chosen on photos; longer training on large crops is the known remedy.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -145,17 +201,21 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "kodak")
     parser.add_argument("--cards-only", action="store_true", help="rewrite the cards, keep the weights")
+    parser.add_argument("--keep-history", action="store_true",
+                        help="runs hold only a decoder stage: keep each card's training history, add the stage")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for name in BUNDLED:
         run = args.runs / name
-        if not (run / "prior" / "model.safetensors").exists():
+        model_file = final_model(run)
+        if model_file is None:
             print(f"{name}: no trained model under {run}, skipped")
             continue
         if not args.cards_only:
-            target = package(name, run)
-            print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB)")
-        (MODELS / f"{name}.md").write_text(card(name, run, args.results))
+            target = package(name, model_file)
+            print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB) from {model_file}")
+        write = card_with_history if args.keep_history else card
+        (MODELS / f"{name}.md").write_text(write(name, run, args.results))
 
 
 if __name__ == "__main__":

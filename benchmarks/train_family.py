@@ -1,8 +1,9 @@
-"""Train one bundled model from its recipe: VQ-VAE-2, then its PixelCNN prior, then pack the weights.
+"""Train one bundled model from its recipe: VQ-VAE-2, its PixelCNN prior, then the decoder stage.
 
     python benchmarks/train_family.py vqc-3 --out runs/vqc-3 [--threads 1] [--scale 1.0] [--device auto]
 
-Writes runs/<name>/vqvae/..., runs/<name>/prior/model.safetensors (VQ-VAE + prior), resumable:
+Writes runs/<name>/vqvae/..., runs/<name>/prior/model.safetensors (VQ-VAE + prior) and, for recipes
+with a decoder stage, runs/<name>/decoder/model.safetensors (same symbols, fine-tuned decoder); resumable:
 rerun the same command to continue after a stop (`max_minutes` chunks on a lent GPU).
 """
 
@@ -15,7 +16,7 @@ import torch
 
 from vqcodec import recipes
 from vqcodec.checkpoint import load_state
-from vqcodec.train import PriorTrainConfig, TrainConfig, train_prior, train_vqvae
+from vqcodec.train import DecoderTrainConfig, PriorTrainConfig, TrainConfig, train_decoder, train_prior, train_vqvae
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train"
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--stage", choices=["vqvae", "prior", "both"], default="both")
+    parser.add_argument("--stage", choices=["vqvae", "prior", "decoder", "all"], default="all")
     parser.add_argument("--prior-steps", type=int, default=None, help="override the recipe's prior steps")
     parser.add_argument("--init-prior", default=None,
                         help="start the prior from this model file's prior (e.g. the shipped one after a VQ-VAE refine)")
@@ -42,13 +43,19 @@ def main() -> None:
                   warmup_steps=recipe.warmup_steps, num_workers=args.workers, device=args.device,
                   max_minutes=args.max_minutes, resume=True, log_every=50, val_every=500, ckpt_every=200)
     vqvae_path = args.out / "vqvae" / "vqvae.safetensors"
-    if args.stage in ("vqvae", "both"):
+    if args.stage in ("vqvae", "all"):
         vqvae_path = _train_vqvae_stages(recipe, args.out / "vqvae", args.scale, common)
-    if args.stage in ("prior", "both"):
+    if args.stage in ("prior", "all"):
         train_prior(PriorTrainConfig(out=str(args.out / "prior"), vqvae=str(vqvae_path), prior=dict(recipe.prior),
                                      init_prior=args.init_prior,
                                      steps=args.prior_steps or int(recipe.prior_steps * args.scale), crop=recipe.prior_crop,
                                      **common))
+    if args.stage in ("decoder", "all") and recipe.decoder is not None:
+        stage = recipe.decoder
+        train_decoder(DecoderTrainConfig(out=str(args.out / "decoder"), model=str(args.out / "prior" / "model.safetensors"),
+                                         refine_blocks=stage.refine_blocks, steps=int(stage.steps * args.scale),
+                                         crop=stage.crop, **{**common, "batch_size": stage.batch_size, "lr": stage.lr,
+                                                             "warmup_steps": stage.warmup_steps}))
 
 
 def _train_vqvae_stages(recipe: recipes.Recipe, out: Path, scale: float, common: dict) -> Path:

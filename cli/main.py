@@ -7,7 +7,7 @@ import click
 from vqcodec import __version__
 from vqcodec.cli.bench import bench_command
 from vqcodec.cli.coding import compress_command, decompress_command, info_command, models_command
-from vqcodec.cli.training import train_command, train_prior_command
+from vqcodec.cli.training import train_command, train_decoder_command, train_prior_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,5 +17,5 @@ def app() -> None:
 
 
 for _command in (compress_command, decompress_command, info_command, models_command,
-                 train_command, train_prior_command, bench_command):
+                 train_command, train_prior_command, train_decoder_command, bench_command):
     app.add_command(_command)

@@ -1,4 +1,4 @@
-"""`vqcodec train` and `vqcodec train-prior`: options -> a config dict -> vqcodec.train.
+"""`vqcodec train`, `train-prior` and `train-decoder`: options -> a config dict -> vqcodec.train.
 
 Thin by design (STYLE R11): no tensors here. A run's settings are layered, later wins:
 
@@ -25,8 +25,9 @@ from typing import Any
 import click
 
 from vqcodec.errors import VQCodecError
-from vqcodec.train import (PriorTrainConfig, TrainConfig, prior_train_config_from_dict, train_config_from_dict,
-                           train_prior, train_vqvae)
+from vqcodec.train import (DecoderTrainConfig, PriorTrainConfig, TrainConfig, decoder_train_config_from_dict,
+                           prior_train_config_from_dict, train_config_from_dict, train_decoder, train_prior,
+                           train_vqvae)
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -122,6 +123,27 @@ def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config
     _report(_run(train_prior, cfg))
 
 
+@click.command("train-decoder")
+@_shared_options(DecoderTrainConfig)
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+              help="Trained model file (model.safetensors from `vqcodec train-prior`, or a bundled model's file).")
+@click.option("--refine-blocks", type=click.IntRange(min=0), default=None,
+              help="Grow the decoder to this many identity-initialised refine blocks first "
+              "[default: the recipe's, else the model's own].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help=f"channels_last memory. [default: {_default(DecoderTrainConfig, 'channels_last')}]")
+def train_decoder_command(recipe: str | None, model_path: str | None, **options: Any) -> None:
+    """Fine-tune the decoder on the model's frozen symbols: same bitstreams, better pictures; writes model.safetensors."""
+    fields = _recipe(recipe, "train_decoder")
+    if model_path is not None:
+        fields["model"] = str(model_path)
+    fields.update(_given(options))
+    if fields.get("model") is None:
+        raise click.UsageError("--model is required (the trained model whose decoder to fine-tune)")
+    cfg = _checked(decoder_train_config_from_dict, fields)
+    _report(_run(train_decoder, cfg))
+
+
 def _refine_fields(recipe: str | None, stage: dict[str, Any] | None) -> dict[str, Any]:
     """The refine stage of a recipe as config fields: its steps, crop and batch, resuming the run."""
     if recipe is None:
@@ -137,7 +159,7 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recipe(name: str | None, section: str) -> dict[str, Any]:
-    """Config fields of recipe `name` for `section` ("train" or "train_prior")."""
+    """Config fields of recipe `name` for `section` ("train", "train_prior" or "train_decoder")."""
     if name is None:
         return {}
     try:
@@ -150,7 +172,13 @@ def _recipe(name: str | None, section: str) -> dict[str, Any]:
     except (KeyError, ValueError, VQCodecError) as err:
         raise click.UsageError(f"--config: {err}") from None
     if dataclasses.is_dataclass(found):
-        return _stage_fields(dataclasses.asdict(found), section)
+        fields = dataclasses.asdict(found)
+        decoder_stage = fields.pop("decoder", None)  # a stage of its own, not shared fields
+        if section != "train_decoder":
+            return _stage_fields(fields, section)
+        if not decoder_stage:
+            raise click.UsageError(f"--config {name}: the recipe has no decoder stage")
+        return dict(decoder_stage)
     fields = dict(found)
     return dict(fields[section]) if isinstance(fields.get(section), dict) else fields
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
@@ -249,3 +250,70 @@ def test_top_only_training_weighs_the_full_decode_first(images, tmp_path):
     assert len(logged) == 2 and all(r["mse"] > 0 for r in logged)
     with pytest.raises(ValueError, match="top_only"):
         TrainConfig(data=str(images), out=str(tmp_path), vqvae=TINY, top_only=1.0)
+
+
+# ----------------------------------------------------------------------------- decoder fine-tuning
+
+
+def test_growing_the_decoder_keeps_its_output_until_trained():
+    from vqcodec.train import grown_vqvae
+
+    vqvae, _ = tiny_model()
+    grown = grown_vqvae(vqvae, 2).eval()
+    assert grown.config.refine_blocks == 2 and len(grown.refine) == 2
+    symbols = vqvae.encode(torch.rand(1, 3, 24, 40))
+    assert torch.equal(grown.decode(symbols), vqvae.decode(symbols))  # new blocks start as the identity
+    assert grown_vqvae(grown, 2) is grown and grown_vqvae(grown, None) is grown
+    with pytest.raises(ValueError, match="already has 2"):
+        grown_vqvae(grown, 1)
+
+
+def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(images, tmp_path):
+    from vqcodec.prior import PriorConfig, SymbolPrior
+    from vqcodec.train import DecoderTrainConfig, train_decoder
+
+    # A briefly trained VQ-VAE (random ones code every crop to nearly one symbol) and a prior.
+    vq_path = train_vqvae(TrainConfig(data=str(images), out=str(tmp_path / "vq"), vqvae=TINY, steps=30,
+                                      val_fraction=0.0, **FAST))
+    prior = SymbolPrior(PriorConfig(codebook_size=TINY.codebook_size, upsample=(2,), channels=8, layers=1,
+                                    fast_layers=2, fast_groups=(2, 2)))
+    save_model(tmp_path / "model.safetensors", load_model(vq_path)[0], prior)
+    before, prior_before, _ = load_model(tmp_path / "model.safetensors")
+    cfg = DecoderTrainConfig(data=str(images), out=str(tmp_path / "dec"), model=str(tmp_path / "model.safetensors"),
+                             refine_blocks=1, steps=40, log_every=10, val_every=40, val_fraction=0.0, **FAST)
+    after, prior_after, meta = load_model(train_decoder(cfg))
+    assert after.config.refine_blocks == 1 and meta["stage"] == "decoder"
+    x = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) / 255.0 for i in range(12)])
+    # Encoder side and prior are untouched: every image keeps its symbols and their probabilities ...
+    symbols = before.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(after.encode(x), symbols))
+    assert all(torch.equal(v, prior_after.state_dict()[k]) for k, v in prior_before.state_dict().items())
+    frozen = [k for k in before.state_dict() if k.startswith(("encoders.", "pre_quant.", "quantizers.",
+                                                               "cond_decoders."))]
+    assert frozen and all(torch.equal(before.state_dict()[k], after.state_dict()[k]) for k in frozen)
+    # ... and the same symbols decode closer to the images.
+    with torch.no_grad():
+        mse_before = F.mse_loss(before.decode(symbols, (32, 32)), x)
+        mse_after = F.mse_loss(after.decode(symbols, (32, 32)), x)
+    assert mse_after < 0.8 * mse_before
+
+
+def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_path):
+    from vqcodec.cli.training import train_decoder_command
+    from vqcodec.recipes import get
+
+    base = ["--data", str(images), "--num-workers", "0", "--device", "cpu", "--val-fraction", "0"]
+    result = CliRunner().invoke(train_decoder_command, [*base, "--config", "vqc-3", "--model", str(tiny_model_path),
+                                                        "--out", str(tmp_path / "run"), "--steps", "2",
+                                                        "--crop", "32", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "run" / "decoder_train_config.json").read_text())
+    stage = get("vqc-3").decoder
+    assert (written["refine_blocks"], written["lr"], written["steps"]) == (stage.refine_blocks, stage.lr, 2)
+    assert load_model(tmp_path / "run" / "model.safetensors")[0].config.refine_blocks == stage.refine_blocks
+
+    result = CliRunner().invoke(train_decoder_command, [*base, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "--model is required" in result.output
+    result = CliRunner().invoke(train_decoder_command, [*base, "--config", "vqc-1", "--model", str(tiny_model_path),
+                                                        "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "no decoder stage" in result.output

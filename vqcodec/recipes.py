@@ -28,6 +28,22 @@ class Refine:
 
 
 @dataclass(frozen=True)
+class DecoderStage:
+    """The last stage: decoder fine-tuning on the frozen symbols (`vqcodec train-decoder --config NAME`).
+
+    It grows the decoder by `refine_blocks` identity-initialised residual blocks and trains only the
+    decoder side on whole 256-px crops, so the bitstreams (and the prior) stay exactly as they were.
+    """
+
+    steps: int
+    refine_blocks: int = 4
+    crop: int = 256
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup_steps: int = 100
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything that defines one bundled model besides the training data."""
 
@@ -45,6 +61,7 @@ class Recipe:
     # stage 1 (its encoder output became one vector) and the codebook was used only along borders.
     top_only: float = 0.2
     vqvae_refine: Refine | None = None  # `vqcodec train --config NAME --refine` after the first stage
+    decoder: DecoderStage | None = None  # `vqcodec train-decoder --config NAME` after the prior
 
 
 def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE2Config:
@@ -66,9 +83,9 @@ RECIPES: dict[str, Recipe] = {
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=1600, prior_crop=256,
                     vqvae_refine=_REFINE_X8),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=1850, prior_crop=128,
-                    vqvae_refine=_REFINE_X4),
+                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=1450, prior_crop=128,
-                    vqvae_refine=_REFINE_X4),
+                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
 }
 
 

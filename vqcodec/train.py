@@ -128,7 +128,50 @@ class PriorTrainConfig:
         return d
 
 
-def _check_common(cfg: TrainConfig | PriorTrainConfig) -> None:
+@dataclass(frozen=True)
+class DecoderTrainConfig:
+    """Decoder fine-tuning of a trained model: encoder, codebooks and prior stay frozen.
+
+    The symbols of every image, and so the bitstreams and their rate, stay exactly as they were;
+    only the reconstruction from them improves. refine_blocks > 0 first adds that many identity-
+    initialised residual blocks to the decoder trunk (VQVAE2Config.refine_blocks).
+    """
+
+    data: str
+    out: str
+    model: str                          # a model file (VQ-VAE, usually with its prior)
+    refine_blocks: int | None = None    # None: keep the model's own count; else at least that count
+    val_data: str | None = None
+    val_fraction: float = 0.05
+    steps: int = 10_000
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 10
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    max_minutes: float | None = None
+    seed: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.refine_blocks is not None and self.refine_blocks < 0:
+            raise ValueError(f"refine_blocks must be >= 0, got {self.refine_blocks}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_common(cfg: TrainConfig | PriorTrainConfig | DecoderTrainConfig) -> None:
     positive = ("steps", "batch_size", "crop", "log_every", "val_every", "ckpt_every")
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -154,6 +197,11 @@ def train_config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
 def prior_train_config_from_dict(d: Mapping[str, Any]) -> PriorTrainConfig:
     """PriorTrainConfig from plain values; "prior" stays a mapping, completed from the VQ-VAE when training."""
     return _build(PriorTrainConfig, dict(d))
+
+
+def decoder_train_config_from_dict(d: Mapping[str, Any]) -> DecoderTrainConfig:
+    """DecoderTrainConfig from plain values (JSON, a recipe, CLI options)."""
+    return _build(DecoderTrainConfig, dict(d))
 
 
 def _build(cls: type, fields: dict[str, Any]) -> Any:
@@ -403,10 +451,106 @@ def evaluate_prior(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Ru
     return record
 
 
+# ----------------------------------------------------------------------------- decoder fine-tuning
+
+
+class _Reconstruction(nn.Module):
+    """Wraps the VQ-VAE so that DDP sees a forward: symbols per level -> padded x_hat (B, 3, H', W')."""
+
+    def __init__(self, vqvae: VQVAE2) -> None:
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, symbols: list[Tensor]) -> Tensor:
+        quantized = [q.lookup(s) for q, s in zip(self.vqvae.quantizers, symbols)]
+        return self.vqvae._decode_quantized(quantized)
+
+
+def train_decoder(cfg: DecoderTrainConfig) -> Path:
+    """Fine-tune the decoder side of a trained model on its frozen symbols (MSE).
+
+    Symbols come on the fly from random crops, encoded in float32 exactly as compression
+    encodes them. Returns out/model.safetensors: the new VQ-VAE with the model's prior
+    unchanged (also written on a time stop).
+    """
+    rt = setup_runtime(cfg.device)
+    try:
+        return _train_decoder(cfg, rt)
+    finally:
+        teardown_runtime(rt)
+
+
+def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
+    source, prior, _ = load_model(cfg.model)
+    vqvae = grown_vqvae(source, cfg.refine_blocks)
+    out = prepare_out(Path(cfg.out), rt, {"decoder_train_config.json": cfg.to_dict(),
+                                           "vqvae_config.json": vqvae.config.to_dict()})
+    seed_everything(cfg.seed + rt.rank)
+    train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+    vqvae = place_model(vqvae, rt, channels_last=cfg.channels_last).eval()  # eval: no codebook updates
+    trained = [p for module in vqvae.decoder_modules() for p in module.parameters()]
+    vqvae.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained, lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    state_path, step = out / "decoder_state.pt", 0
+    if cfg.resume and state_path.exists():
+        step = load_training_state(state_path, rt, models={"vqvae": vqvae}, optimizer=optimizer,
+                                   scheduler=scheduler)
+    net = wrap_model(_Reconstruction(vqvae), rt, compile_model=cfg.compile)
+    batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
+                            num_workers=cfg.num_workers)
+
+    def train_step() -> dict[str, Tensor]:
+        x = to_device(next(batches), rt, cfg.channels_last)  # (B, 3, crop, crop)
+        symbols = vqvae.encode(x)  # frozen: the same symbols compression writes
+        with autocast(rt, cfg.amp):
+            x_hat = net(symbols).float()[:, :, : x.shape[2], : x.shape[3]]
+        loss = F.mse_loss(x_hat, x)
+        optimizer_step(loss, vqvae, optimizer, scheduler, cfg.grad_clip)
+        return {"loss": loss.detach()}
+
+    def summarize(mean: dict[str, float]) -> dict[str, Any]:
+        return {**mean, "psnr": _psnr(mean["loss"]), "lr": scheduler.get_last_lr()[0]}
+
+    def checkpoint(at: int) -> None:
+        save_training_state(state_path, rt, step=at, models={"vqvae": vqvae}, optimizer=optimizer,
+                            scheduler=scheduler)
+        if rt.is_main:
+            save_model(out / "model.safetensors", vqvae, prior, metadata=_run_metadata("decoder", at, cfg.steps))
+
+    validate = _validator(val_set, cfg, rt, lambda loader: evaluate_vqvae(vqvae, loader, rt))
+    spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
+                    cfg.batch_size * rt.world_size, show=("loss", "psnr"))
+    run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
+             checkpoint=checkpoint, log=MetricsLog(out / "decoder_log.jsonl", rt.is_main))
+    return out / "model.safetensors"
+
+
+def grown_vqvae(source: VQVAE2, refine_blocks: int | None) -> VQVAE2:
+    """`source` with at least `refine_blocks` decoder refine blocks; new ones start as the identity.
+
+    Raises:
+        ValueError: refine_blocks is below the count the model already has (that would drop weights).
+    """
+    have = source.config.refine_blocks
+    if refine_blocks is None or refine_blocks == have:
+        return source
+    if refine_blocks < have:
+        raise ValueError(f"refine_blocks={refine_blocks}: the model already has {have}; fewer would drop weights")
+    grown = VQVAE2(dataclasses.replace(source.config, refine_blocks=refine_blocks))
+    missing, unexpected = grown.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("refine.") for key in missing):
+        raise ValueError(f"cannot grow the model: missing {missing}, unexpected {unexpected}")
+    return grown
+
+
 # ----------------------------------------------------------------------------- shared steps
 
 
-def _validator(val_set: ImageFolder | None, cfg: TrainConfig | PriorTrainConfig, rt: Runtime,
+def _validator(val_set: ImageFolder | None, cfg: TrainConfig | PriorTrainConfig | DecoderTrainConfig, rt: Runtime,
                evaluate: Callable[[DataLoader], dict[str, Any]]) -> Callable[[], dict[str, Any]] | None:
     """Validation on rank 0 only (the other ranks wait at their next collective); None without a set."""
     if val_set is None:

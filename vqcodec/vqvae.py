@@ -33,6 +33,9 @@ class VQVAE2Config:
     ema: bool = True  # EMA codebook (VQ-VAE-2, App. A)
     decay: float = 0.99
     dead_after: int = 200  # training steps before an unused code is re-seeded
+    # Extra residual blocks in the decoder trunk (bottom grid), each starting as the identity: a
+    # trained model grows decoder capacity without changing its encoder, symbols or prior.
+    refine_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in _PER_LEVEL:  # lists from JSON or callers become tuples
@@ -44,6 +47,8 @@ class VQVAE2Config:
             raise ValueError(f"downsample factors must be powers of two, got {self.downsample}")
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be even, got {self.channels}")
+        if self.refine_blocks < 0:
+            raise ValueError(f"refine_blocks must be >= 0, got {self.refine_blocks}")
 
     @property
     def levels(self) -> int:
@@ -71,14 +76,17 @@ class VQVAE2Output(NamedTuple):
 
 
 class ResBlock(nn.Module):
-    """x + conv1x1(relu(conv3x3(relu(x)))), channels preserved."""
+    """x + conv1x1(relu(conv3x3(relu(x)))), channels preserved; identity=True starts as x -> x."""
 
-    def __init__(self, channels: int, res_channels: int) -> None:
+    def __init__(self, channels: int, res_channels: int, identity: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.ReLU(), nn.Conv2d(channels, res_channels, 3, padding=1),
             nn.ReLU(), nn.Conv2d(res_channels, channels, 1),
         )
+        if identity:  # zero output conv: adding the block leaves a trained decoder's output unchanged
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -169,6 +177,9 @@ class VQVAE2(nn.Module):
         self.upsamplers = nn.ModuleList(
             _upsampler(cfg.code_dim[i], math.prod(cfg.downsample[1 : i + 1])) for i in range(1, levels))
         self.decoder = _decoder(cfg, sum(cfg.code_dim), 3, cfg.downsample[0])
+        # Run after the decoder's own res blocks (decoder[:_trunk_end]), before its upsampling.
+        self.refine = nn.Sequential(*(ResBlock(ch, ch, identity=True) for _ in range(cfg.refine_blocks)))
+        self._trunk_end = 1 + cfg.res_blocks
 
     @property
     def multiple(self) -> int:
@@ -217,7 +228,12 @@ class VQVAE2(nn.Module):
     def _decode_quantized(self, quantized: list[Tensor]) -> Tensor:
         """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range."""
         maps = [quantized[0]] + [up(q) for up, q in zip(self.upsamplers, quantized[1:])]
-        return self.decoder(torch.cat(maps, dim=1)) + 0.5
+        trunk = self.decoder[: self._trunk_end](torch.cat(maps, dim=1))
+        return self.decoder[self._trunk_end :](self.refine(trunk)) + 0.5
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules that turn quantized maps into pixels (what decoder fine-tuning trains)."""
+        return [*self.upsamplers, self.decoder, self.refine]
 
     @staticmethod
     def _hide_lower_levels(quantized: list[Tensor], hide: Tensor) -> list[Tensor]:
