@@ -32,9 +32,14 @@ def records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def final_model(run: Path) -> Path | None:
-    """The last stage's model file of a run: the decoder stage's if it ran, else the prior's."""
-    for stage in ("decoder", "prior"):
+def final_model(run: Path, keep_history: bool) -> Path | None:
+    """The last stage's model file of a run.
+
+    In a full run the decoder stage comes last. With --keep-history a prior run, if any, was
+    fine-tuned on top of the decoder stage's model, so its file holds both.
+    """
+    stages = ("prior", "decoder") if keep_history else ("decoder", "prior")
+    for stage in stages:
         if (run / stage / "model.safetensors").exists():
             return run / stage / "model.safetensors"
     return None
@@ -150,14 +155,38 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
 
 
+# Lines this script adds to a kept history (dropped and rewritten on every run, never duplicated).
+_ADDED = ("- Decoder stage:", "- Last decoder-stage log:", "- Prior, fine-tuned again",
+          "- Validation (prior, this release)")
+
+
 def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
-    """The shipped card's Training section (its runs' logs are gone) + this run's decoder stage."""
+    """The shipped card's Training section (its runs' logs are gone) + this run's decoder stage.
+
+    With --keep-history a prior run in the same folder is a fine-tuning of the shipped prior on
+    the (unchanged) symbols, done after the decoder stage; it is added as a line of its own.
+    """
     old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
-    training = old[old.index("## Training") + 1 :]
-    training = [line for line in training if not line.startswith(("- Decoder stage:", "- Last decoder-stage log:"))]
+    training = [line for line in old[old.index("## Training") + 1 :] if not line.startswith(_ADDED)]
     lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training,
-             *decoder_lines(name, run)]
+             *decoder_lines(name, run), *prior_again_lines(name, run)]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
+
+
+def prior_again_lines(name: str, run: Path) -> list[str]:
+    config_file = run / "prior" / "prior_train_config.json"
+    if not config_file.exists():
+        return []
+    cfg = json.loads(config_file.read_text())
+    log = records(run / "prior" / "prior_log.jsonl")
+    steps = max((r.get("step", 0) for r in log), default=0)
+    val = [r for r in log if "val_bpp_fast" in r]
+    change = (f" Held-out estimate (fast order) {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp."
+              if len(val) > 1 else "")
+    return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps of "
+            f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
+            f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`).{change}",
+            f"- Validation (prior, this release): `{json.dumps(val[-1] if val else {})}`"]
 
 
 def architecture_lines(name: str) -> list[str]:
@@ -207,7 +236,7 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in BUNDLED:
         run = args.runs / name
-        model_file = final_model(run)
+        model_file = final_model(run, args.keep_history)
         if model_file is None:
             print(f"{name}: no trained model under {run}, skipped")
             continue

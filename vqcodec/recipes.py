@@ -4,6 +4,10 @@ The family spans rate by design rather than by training length: vqc-1/2 put the 
 x8 grid (few symbols), vqc-3/4 on a x4 grid; the odd members use 256-symbol codebooks, the even ones
 1024 at the bottom. The step counts are what the shipped weights saw in total (a short CPU budget; the
 model cards give the exact history, which resumed and fine-tuned runs); a GPU run should raise them.
+
+Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
+the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
+they are. vqc-1 has no decoder stage yet: the CPU budget of its release went to the other three.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ RECIPES: dict[str, Recipe] = {
     "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=1750, prior_crop=256,
                     vqvae_refine=_REFINE_X8),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=1600, prior_crop=256,
-                    vqvae_refine=_REFINE_X8),
+                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=1850, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=1450, prior_crop=128,

@@ -43,84 +43,77 @@ from vqcodec.runtime import (LoopSpec, MetricsLog, Runtime, autocast, load_train
 from vqcodec.vqvae import VQVAE2, VQVAE2Config
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One VQ-VAE training run. Steps are optimizer steps; batch_size is per process."""
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What every training run has: data, output folder, schedule, cadence, device. Keyword-only."""
 
     data: str                           # folder of training images
     out: str                            # output folder (created)
     val_data: str | None = None         # held-out folder; None: hold out val_fraction of data
     val_fraction: float = 0.05
-    vqvae: VQVAE2Config = field(default_factory=VQVAE2Config)
-    steps: int = 100_000
-    batch_size: int = 16
+    steps: int = 100_000                # optimizer steps in total
+    batch_size: int = 16                # per process
     crop: int = 256
     lr: float = 3e-4
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1           # cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0              # max global grad norm; 0 disables
-    msssim_weight: float = 0.0          # 0: MSE only; MS-SSIM needs crop >= 161 (else SSIM)
-    top_only: float = 0.0               # share of samples decoded from the top level alone (keeps it alive)
-    top_only_weight: float = 0.25       # their weight in the image loss, so the full decode still leads
     num_workers: int = 2
     device: str = "auto"                # "auto" | "cpu" | "cuda"
     amp: bool = True                    # bf16 autocast, CUDA only
-    channels_last: bool = True          # NHWC memory: faster convolutions on CUDA and CPU
     compile: bool = False               # torch.compile
     log_every: int = 10
     val_every: int = 1000
     ckpt_every: int = 1000
     max_minutes: float | None = None    # stop cleanly (with a checkpoint) after this long
     seed: int = 0
-    resume: bool = False                # continue from out/state.pt when it exists
+    resume: bool = False                # continue from the state in out when it exists
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        positive = ("steps", "batch_size", "crop", "log_every", "val_every", "ckpt_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0")
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunSettings):
+    """One VQ-VAE training run."""
+
+    vqvae: VQVAE2Config = field(default_factory=VQVAE2Config)
+    msssim_weight: float = 0.0          # 0: MSE only; MS-SSIM needs crop >= 161 (else SSIM)
+    top_only: float = 0.0               # share of samples decoded from the top level alone (keeps it alive)
+    top_only_weight: float = 0.25       # their weight in the image loss, so the full decode still leads
+    channels_last: bool = True          # NHWC memory: faster convolutions on CUDA and CPU
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.msssim_weight < 0:
             raise ValueError(f"msssim_weight must be >= 0, got {self.msssim_weight}")
         if not 0 <= self.top_only < 1 or self.top_only_weight < 0:
             raise ValueError(f"need 0 <= top_only < 1 and top_only_weight >= 0, got {self.top_only}, "
                              f"{self.top_only_weight}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-
-@dataclass(frozen=True)
-class PriorTrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class PriorTrainConfig(RunSettings):
     """One prior training run on the symbols of a trained, frozen VQ-VAE.
 
     prior: a PriorConfig; or a mapping of PriorConfig fields (codebook_size and
     upsample are filled in from the VQ-VAE when absent); or None for defaults.
     """
 
-    data: str
-    out: str
     vqvae: str                          # a file written by train_vqvae (or any model file)
-    val_data: str | None = None
-    val_fraction: float = 0.05
     prior: PriorConfig | Mapping[str, Any] | None = None
     init_prior: str | None = None       # start from this model file's prior (fine-tuning) unless resuming
     steps: int = 50_000
-    batch_size: int = 16
-    crop: int = 256
-    lr: float = 3e-4
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    num_workers: int = 2
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    log_every: int = 10
-    val_every: int = 1000
-    ckpt_every: int = 1000
-    max_minutes: float | None = None
-    seed: int = 0
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        _check_common(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -128,8 +121,8 @@ class PriorTrainConfig:
         return d
 
 
-@dataclass(frozen=True)
-class DecoderTrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class DecoderTrainConfig(RunSettings):
     """Decoder fine-tuning of a trained model: encoder, codebooks and prior stay frozen.
 
     The symbols of every image, and so the bitstreams and their rate, stay exactly as they were;
@@ -137,49 +130,18 @@ class DecoderTrainConfig:
     initialised residual blocks to the decoder trunk (VQVAE2Config.refine_blocks).
     """
 
-    data: str
-    out: str
     model: str                          # a model file (VQ-VAE, usually with its prior)
     refine_blocks: int | None = None    # None: keep the model's own count; else at least that count
-    val_data: str | None = None
-    val_fraction: float = 0.05
     steps: int = 10_000
     batch_size: int = 8
-    crop: int = 256
     lr: float = 2e-4
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    num_workers: int = 2
-    device: str = "auto"
-    amp: bool = True
     channels_last: bool = True
-    compile: bool = False
-    log_every: int = 10
-    val_every: int = 1000
-    ckpt_every: int = 1000
-    max_minutes: float | None = None
-    seed: int = 0
-    resume: bool = False
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        super().__post_init__()
         if self.refine_blocks is not None and self.refine_blocks < 0:
             raise ValueError(f"refine_blocks must be >= 0, got {self.refine_blocks}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_common(cfg: TrainConfig | PriorTrainConfig | DecoderTrainConfig) -> None:
-    positive = ("steps", "batch_size", "crop", "log_every", "val_every", "ckpt_every")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1 or cfg.warmup_steps < 0:
-        raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0")
-    if cfg.max_minutes is not None and cfg.max_minutes < 0:
-        raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
 
 
 def train_config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
@@ -223,11 +185,7 @@ def train_vqvae(cfg: TrainConfig) -> Path:
     Loss: MSE + msssim_weight * (1 - MS-SSIM) + the quantizers' losses. With top_only > 0 that share
     of the samples is decoded from the top level alone and weighs top_only_weight in the MSE.
     """
-    rt = setup_runtime(cfg.device)
-    try:
-        return _train_vqvae(cfg, rt)
-    finally:
-        teardown_runtime(rt)
+    return _in_runtime(cfg, _train_vqvae)
 
 
 def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
@@ -344,11 +302,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     encoded in float32 exactly as compression encodes them. Returns
     out/model.safetensors (VQ-VAE + prior; also written on a time stop).
     """
-    rt = setup_runtime(cfg.device)
-    try:
-        return _train_prior(cfg, rt)
-    finally:
-        teardown_runtime(rt)
+    return _in_runtime(cfg, _train_prior)
 
 
 def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
@@ -473,11 +427,7 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
     encodes them. Returns out/model.safetensors: the new VQ-VAE with the model's prior
     unchanged (also written on a time stop).
     """
-    rt = setup_runtime(cfg.device)
-    try:
-        return _train_decoder(cfg, rt)
-    finally:
-        teardown_runtime(rt)
+    return _in_runtime(cfg, _train_decoder)
 
 
 def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
@@ -550,7 +500,16 @@ def grown_vqvae(source: VQVAE2, refine_blocks: int | None) -> VQVAE2:
 # ----------------------------------------------------------------------------- shared steps
 
 
-def _validator(val_set: ImageFolder | None, cfg: TrainConfig | PriorTrainConfig | DecoderTrainConfig, rt: Runtime,
+def _in_runtime(cfg: Any, train: Callable[[Any, Runtime], Path]) -> Path:
+    """Run train(cfg, rt) between runtime setup and teardown (process group, device), even on errors."""
+    rt = setup_runtime(cfg.device)
+    try:
+        return train(cfg, rt)
+    finally:
+        teardown_runtime(rt)
+
+
+def _validator(val_set: ImageFolder | None, cfg: RunSettings, rt: Runtime,
                evaluate: Callable[[DataLoader], dict[str, Any]]) -> Callable[[], dict[str, Any]] | None:
     """Validation on rank 0 only (the other ranks wait at their next collective); None without a set."""
     if val_set is None:
