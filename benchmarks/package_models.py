@@ -183,9 +183,13 @@ def prior_again_lines(name: str, run: Path) -> list[str]:
     val = [r for r in log if "val_bpp_fast" in r]
     change = (f" Held-out estimate (fast order) {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp."
               if len(val) > 1 else "")
-    return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps of "
+    runs = cfg.get("runs", [])  # back-to-back runs, each from the last one's prior
+    chained = (f" in {len(runs)} runs of {' + '.join(map(str, runs))} steps, each with its own warm-up and cosine,"
+               if len(runs) > 1 else "")
+    return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps{chained} of "
             f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
-            f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`).{change}",
+            f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`).{change} "
+            f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
             f"- Validation (prior, this release): `{json.dumps(val[-1] if val else {})}`"]
 
 

@@ -208,10 +208,14 @@ def test_prior_fine_tuning_starts_from_the_given_models_prior(images, tmp_path, 
               "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0",
               "--lr", "1e-30", "--warmup-steps", "0"]  # a step this small leaves the weights as they started
     result = CliRunner().invoke(train_prior_command, [*common, "--out", str(tmp_path / "a"), "--init-prior",
-                                                      str(tiny_model_path), "--prior-config", _json(tmp_path, prior)])
+                                                      str(tiny_model_path), "--prior-config", _json(tmp_path, prior),
+                                                      "--val-data", str(images)])
     assert result.exit_code == 0, result.output
     tuned = load_model(tmp_path / "a" / "model.safetensors")[1].state_dict()
     assert all(torch.equal(tuned[k], v) for k, v in prior.state_dict().items())
+    # The log starts with the starting prior's validation, here equal to the (unchanged) final one.
+    val = records(tmp_path / "a" / "prior_log.jsonl", "val")
+    assert [r["step"] for r in val] == [0, 1] and val[0]["val_bpp_fast"] == pytest.approx(val[1]["val_bpp_fast"])
 
     (tmp_path / "other.json").write_text(json.dumps({"channels": 8, "layers": 1, "fast_layers": 2}))
     result = CliRunner().invoke(train_prior_command, [*common, "--out", str(tmp_path / "b"), "--init-prior",
@@ -280,8 +284,10 @@ def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(im
     save_model(tmp_path / "model.safetensors", load_model(vq_path)[0], prior)
     before, prior_before, _ = load_model(tmp_path / "model.safetensors")
     cfg = DecoderTrainConfig(data=str(images), out=str(tmp_path / "dec"), model=str(tmp_path / "model.safetensors"),
-                             refine_blocks=1, steps=40, log_every=10, val_every=40, val_fraction=0.0, **FAST)
+                             refine_blocks=1, steps=40, log_every=10, val_every=40, val_data=str(images), **FAST)
     after, prior_after, meta = load_model(train_decoder(cfg))
+    val = records(tmp_path / "dec" / "decoder_log.jsonl", "val")  # the log starts with the untouched model
+    assert [r["step"] for r in val] == [0, 40] and val[1]["val_psnr"] > val[0]["val_psnr"]
     assert after.config.refine_blocks == 1 and meta["stage"] == "decoder"
     x = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) / 255.0 for i in range(12)])
     # Encoder side and prior are untouched: every image keeps its symbols and their probabilities ...
@@ -298,7 +304,10 @@ def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(im
     assert mse_after < 0.8 * mse_before
 
 
-def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_path):
+def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_path, monkeypatch):
+    from dataclasses import replace
+
+    from vqcodec import recipes
     from vqcodec.cli.training import train_decoder_command
     from vqcodec.recipes import get
 
@@ -314,6 +323,7 @@ def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_
 
     result = CliRunner().invoke(train_decoder_command, [*base, "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--model is required" in result.output
-    result = CliRunner().invoke(train_decoder_command, [*base, "--config", "vqc-1", "--model", str(tiny_model_path),
+    monkeypatch.setitem(recipes.RECIPES, "no-decoder", replace(get("vqc-1"), decoder=None))
+    result = CliRunner().invoke(train_decoder_command, [*base, "--config", "no-decoder", "--model", str(tiny_model_path),
                                                         "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "no decoder stage" in result.output

@@ -7,7 +7,8 @@ model cards give the exact history, which resumed and fine-tuned runs); a GPU ru
 
 Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
 the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
-they are. vqc-1 has no decoder stage yet: the CPU budget of its release went to the other three.
+they are. The shipped priors were also fine-tuned again on the same symbols after the decoder stage;
+`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never change).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
     "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=1750, prior_crop=256,
-                    vqvae_refine=_REFINE_X8),
+                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=1600, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=1850, prior_crop=128,
