@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -168,6 +169,9 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
     """
     old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
     training = [line for line in old[old.index("## Training") + 1 :] if not line.startswith(_ADDED)]
+    # The recipe's prior_steps now include the fine-tuning below; the kept line predates it.
+    training = [re.sub(r"the recipe's \d+ for a from-scratch rebuild", "before the fine-tuning below", line)
+                for line in training]
     lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training,
              *decoder_lines(name, run), *prior_again_lines(name, run)]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
@@ -188,7 +192,8 @@ def prior_again_lines(name: str, run: Path) -> list[str]:
                if len(runs) > 1 else "")
     return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps{chained} of "
             f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
-            f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`).{change} "
+            f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`), about "
+            f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on 1 CPU thread.{change} "
             f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
             f"- Validation (prior, this release): `{json.dumps(val[-1] if val else {})}`"]
 

@@ -83,13 +83,13 @@ _REFINE_X4 = Refine(steps=4200, crop=128, batch_size=16)
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=1750, prior_crop=256,
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=2550, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=1600, prior_crop=256,
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=2600, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=1850, prior_crop=128,
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=3650, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=1450, prior_crop=128,
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=3450, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
 }
 
