@@ -271,6 +271,7 @@ class LoopSpec:
     max_minutes: float | None
     images_per_step: int  # global batch: batch_size x world_size
     show: Sequence[str] = ("loss",)  # record keys shown on the progress bar
+    validate_start: bool = False  # fine-tuning: validate the starting weights too, so the log shows the gain
 
 
 def run_loop(rt: Runtime, spec: LoopSpec, start_step: int, *,
@@ -284,13 +285,16 @@ def run_loop(rt: Runtime, spec: LoopSpec, start_step: int, *,
     train_step: one optimizer step; returns detached () tensors, averaged per log window
         (accumulated on the device, so no host sync happens between log steps).
     summarize: the averaged window -> the logged record (adds psnr, lr, codebook usage...).
-    validate: () -> record, run every val_every steps and at the end.
+    validate: () -> record, run every val_every steps and at the end (and at step 0 when
+        spec.validate_start and the run starts fresh).
     checkpoint: called with the step every ckpt_every steps, at the end and on a time stop.
     The time limit counts from the loop's start and is checked after every step (all ranks agree).
     """
     deadline = None if spec.max_minutes is None else time.monotonic() + 60.0 * spec.max_minutes
     step, sums, window = start_step, {}, 0
     bar = tqdm(total=spec.steps, initial=step, disable=not rt.is_main, dynamic_ncols=True)
+    if validate is not None and spec.validate_start and step == 0:
+        log.write({"kind": "val", "step": 0, **validate()})
     t0 = time.perf_counter()
     while step < spec.steps:
         for key, value in train_step().items():

@@ -343,12 +343,10 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
 
     validate = _validator(val_set, cfg, rt, lambda loader: evaluate_prior(vqvae, prior, loader, rt))
     spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
-                    cfg.batch_size * rt.world_size, show=("bits_per_symbol_fast", "bits_per_symbol_raster"))
-    log = MetricsLog(out / "prior_log.jsonl", rt.is_main)
-    if cfg.init_prior is not None:
-        _log_baseline(step, validate, log)
+                    cfg.batch_size * rt.world_size, show=("bits_per_symbol_fast", "bits_per_symbol_raster"),
+                    validate_start=cfg.init_prior is not None)
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
-             checkpoint=checkpoint, log=log)
+             checkpoint=checkpoint, log=MetricsLog(out / "prior_log.jsonl", rt.is_main))
     return out / "model.safetensors"
 
 
@@ -476,11 +474,9 @@ def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
 
     validate = _validator(val_set, cfg, rt, lambda loader: evaluate_vqvae(vqvae, loader, rt))
     spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
-                    cfg.batch_size * rt.world_size, show=("loss", "psnr"))
-    log = MetricsLog(out / "decoder_log.jsonl", rt.is_main)
-    _log_baseline(step, validate, log)
+                    cfg.batch_size * rt.world_size, show=("loss", "psnr"), validate_start=True)
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
-             checkpoint=checkpoint, log=log)
+             checkpoint=checkpoint, log=MetricsLog(out / "decoder_log.jsonl", rt.is_main))
     return out / "model.safetensors"
 
 
@@ -521,12 +517,6 @@ def _validator(val_set: ImageFolder | None, cfg: RunSettings, rt: Runtime,
         return None
     loader = val_loader(val_set, cfg.batch_size, cfg.num_workers)
     return lambda: evaluate(loader) if rt.is_main else {}
-
-
-def _log_baseline(step: int, validate: Callable[[], dict[str, Any]] | None, log: MetricsLog) -> None:
-    """Validate the starting weights of a fine-tuning run (step 0 only), so its log shows the gain."""
-    if step == 0 and validate is not None:
-        log.write({"kind": "val", "step": 0, **validate()})
 
 
 def _psnr(mse: float) -> float:
