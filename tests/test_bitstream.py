@@ -6,6 +6,7 @@ import os
 import random
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,17 +100,39 @@ def test_symbols_checksum() -> None:
     assert symbols_checksum([]) == 0
 
 
-def test_golden_header() -> None:
-    """Accidental format changes fail here. Regenerate deliberately with VQCODEC_REGEN=1."""
-    data = pack(make_header(model_name="default", order="raster", mode="RGBA", width=1000, height=667,
+def golden_header_file() -> bytes:
+    return pack(make_header(model_name="default", order="raster", mode="RGBA", width=1000, height=667,
                             level_shapes=((168, 252), (84, 126)), symbols_crc=0x01020304),
                 [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00\x03\x00\x00\x00"])
-    path = EXPECTED / "header_v1.bin"
+
+
+def test_golden_header() -> None:
+    """Accidental format changes fail here. Regenerate deliberately with VQCODEC_REGEN=1."""
+    data = golden_header_file()
+    path = EXPECTED / f"header_v{VERSION}.bin"
     if os.environ.get("VQCODEC_REGEN") == "1":
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
     assert path.read_bytes() == data
     assert unpack(path.read_bytes())[0].model_name == "default"
+
+
+def test_version_1_files_still_parse() -> None:
+    """The version-1 golden file (written by vqcodec 0.1 before the wavefront schedule) reads as version 1."""
+    old = (EXPECTED / "header_v1.bin").read_bytes()
+    header, chunks = unpack(old)
+    assert header.version == 1 and header.order == "raster"
+    assert header == replace(unpack(golden_header_file())[0], version=1)
+    assert chunks == [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00\x03\x00\x00\x00"]
+    assert read_header(old).version == 1
+
+
+def test_writers_produce_only_the_current_version() -> None:
+    assert unpack(small_file())[0].version == VERSION
+    with pytest.raises(ValueError, match="version"):
+        pack(make_header(version=1), CHUNKS)
+    with pytest.raises(ValueError, match="version"):
+        make_header(version=VERSION + 1)
 
 
 # --- corrupt files ----------------------------------------------------------------------------

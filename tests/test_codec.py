@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import struct
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -27,6 +29,36 @@ def test_round_trip_is_bit_exact(codec, order, size):
     restored = codec.decompress(data)
     assert restored.size == image.size and restored.mode == "RGB"
     assert np.array_equal(np.asarray(restored), np.asarray(codec.decode(encoded)))
+
+
+def version_1_raster_file(codec, image) -> bytes:
+    """What vqcodec 0.1 wrote for order="raster": the one-position raster scan, version byte 1."""
+    symbols = codec.encode(image).levels
+    chunks = []
+    for level in reversed(range(len(symbols))):
+        stepper = codec._stepper(symbols, level, "raster", wavefront=False)
+        flat = symbols[level].reshape(-1)
+        steps = [(flat[positions].numpy(), entropy.canonical_probabilities(stepper.logits(step, symbols[level]).numpy()))
+                 for step, positions in enumerate(stepper.schedule)]
+        chunks.append(entropy.encode_steps(steps))
+    header, _ = bitstream.unpack(codec.compress(image, order="raster"))
+    body = bytearray(bitstream.pack(header, chunks)[:-4])
+    body[3] = 1
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+def test_version_1_raster_files_still_decode(codec):
+    image = Image.fromarray(photo_like(37, 53, seed=4))
+    old, new = version_1_raster_file(codec, image), codec.compress(image, order="raster")
+    assert bitstream.unpack(old)[0].version == 1 and bitstream.unpack(new)[0].version == bitstream.VERSION
+    assert bitstream.unpack(old)[1] != bitstream.unpack(new)[1]  # another schedule, other rANS words
+    assert np.array_equal(np.asarray(codec.decompress(old)), np.asarray(codec.decompress(new)))
+    # The wavefront schedule cannot read a version-1 chunk: the version byte selects the schedule.
+    forged = bytearray(old[:-4])
+    forged[3] = bitstream.VERSION
+    forged += struct.pack("<I", zlib.crc32(bytes(forged)))
+    with pytest.raises(BitstreamError):
+        codec.decompress(bytes(forged))
 
 
 def test_file_size_is_the_cross_entropy(codec):

@@ -99,6 +99,22 @@ def test_schedule_covers_every_position_once(prior, order, size):
     assert sorted(torch.cat(top_steps).tolist()) == list(range(size[0] * size[1]))
 
 
+@pytest.mark.parametrize("size", [(5, 7), (9, 30)])
+def test_raster_schedule_decodes_one_wavefront_per_step(prior, size):
+    """Step t holds every (r, c) with c + r * (margin + 1) = t, in row order; version 1 used one position per step."""
+    h, w = size
+    net = prior.raster[1]
+    wave = net.margin + 1
+    steps = prior.stepper("raster", 1, h, w, None).schedule
+    assert len(steps) == (h - 1) * wave + w
+    for t, positions in enumerate(steps):
+        rows, cols = positions // w, positions % w
+        assert (cols + rows * wave == t).all() and (rows.diff() > 0).all()
+    assert max(len(s) for s in steps) > 1
+    scan = prior.stepper("raster", 1, h, w, None, wavefront=False).schedule
+    assert [s.tolist() for s in scan] == [[p] for p in range(h * w)]
+
+
 def test_group_order_is_coarse_to_fine():
     assert group_order(2) == [(0, 0), (1, 1), (0, 1), (1, 0)]
     assert sorted(group_order(4)) == [(a, b) for a in range(4) for b in range(4)]

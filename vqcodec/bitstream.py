@@ -1,6 +1,6 @@
 """The .vqc container: header, entropy-coded chunks, checksums. Standard library only.
 
-Layout (version 1, little-endian; docs/bitstream.md is the normative spec)::
+Layout (versions 1 and 2, little-endian; docs/bitstream.md is the normative spec)::
 
     prefix   "VQC" | version u8 | flags u8 | mode u8 | width u16 | height u16        10 bytes
     model    name length u8 | name (ASCII)                                      1 + 1..32
@@ -27,11 +27,12 @@ from typing import Iterable, Union
 
 from vqcodec.errors import BitstreamError
 
-__all__ = ["MAGIC", "VERSION", "Header", "pack", "unpack", "read_header", "symbols_checksum",
+__all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
            "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH"]
 
 MAGIC = b"VQC"
-VERSION = 1
+VERSION = 2  # what writers produce; 2: raster-order chunks are coded one wavefront per step
+READABLE_VERSIONS = (1, 2)  # version 1 differs only in the raster schedule (one position per step)
 
 MAX_SIDE = 65535                 # image sides and symbol-map sides
 MAX_PIXELS = 1 << 28             # width * height (16384 x 16384): bounds what a reader allocates
@@ -98,6 +99,7 @@ class Header:
         order: "fast" | "raster", the decode schedule the encoder used.
         level_shapes: per level, bottom first, (h, w) of each symbol map (lists become tuples).
         symbols_crc: CRC32 over the symbol maps (see ``symbols_checksum``), 0..2**32 - 1.
+        version: format version of the file (one of READABLE_VERSIONS); `pack` writes VERSION only.
     """
 
     model_name: str
@@ -108,6 +110,7 @@ class Header:
     order: str
     level_shapes: tuple[tuple[int, int], ...]
     symbols_crc: int
+    version: int = VERSION
 
     def __post_init__(self) -> None:
         _check_name(self.model_name)
@@ -125,6 +128,8 @@ class Header:
         shapes = _check_level_shapes(self.level_shapes)
         if not _is_int(self.symbols_crc) or not 0 <= self.symbols_crc <= 0xFFFFFFFF:
             raise ValueError(f"symbols CRC must be an int in 0..2**32-1, got {self.symbols_crc!r}")
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {self.version!r}")
         object.__setattr__(self, "level_shapes", shapes)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -176,6 +181,8 @@ def pack(header: Header, chunks: list[bytes]) -> bytes:
     """
     if not isinstance(header, Header):
         raise ValueError(f"header must be a Header, got {type(header).__name__}")
+    if header.version != VERSION:
+        raise ValueError(f"writers produce format version {VERSION} only, got a version {header.version} header")
     if len(chunks) != header.levels:
         raise ValueError(f"expected {header.levels} chunks (one per level), got {len(chunks)}")
     lengths = [len(chunk) for chunk in chunks]
@@ -215,13 +222,13 @@ def _check_prefix(data: memoryview) -> None:
     if version > VERSION:
         raise BitstreamError(f"format version {version} is newer than this vqcodec reads "
                              f"(version {VERSION}); upgrade vqcodec")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise BitstreamError(f"format version {version} is invalid")
 
 
 def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
     """Parse the header after the magic and version checks; returns it and the chunk lengths."""
-    _, _, flags, mode, width, height = reader.read(_PREFIX, "prefix")
+    _, version, flags, mode, width, height = reader.read(_PREFIX, "prefix")
     if flags & ~_FLAGS_KNOWN:
         raise BitstreamError(f"flags field has unknown bits set (0x{flags:02x})")
     if mode not in _MODE_NAMES:
@@ -256,7 +263,7 @@ def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
     try:
         header = Header(model_name=name, weights_digest=digest, width=width, height=height,
                         mode=_MODE_NAMES[mode], order="raster" if flags & _FLAG_RASTER else "fast",
-                        level_shapes=shapes_checked, symbols_crc=symbols_crc)
+                        level_shapes=shapes_checked, symbols_crc=symbols_crc, version=version)
     except ValueError as err:  # every field is checked above; kept as a safety net
         raise BitstreamError(f"invalid header: {err}") from None
     return header, lengths

@@ -126,7 +126,7 @@ class Codec:
         self._check_header(header)
         levels = [torch.zeros((1, h, w), dtype=torch.int64) for h, w in header.level_shapes]
         for chunk, level in zip(chunks, _top_down(levels)):
-            self._decode_level(chunk, levels, level, header.order)
+            self._decode_level(chunk, levels, level, header.order, wavefront=header.version >= 2)
         if symbols_crc(levels) != header.symbols_crc:
             raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
         return Symbols(levels, ImageInfo(header.mode, header.height, header.width))
@@ -161,8 +161,9 @@ class Codec:
         return entropy.encode_steps(steps)
 
     @torch.no_grad()
-    def _decode_level(self, chunk: bytes, levels: list[torch.Tensor], level: int, order: str) -> None:
-        stepper = self._stepper(levels, level, order)
+    def _decode_level(self, chunk: bytes, levels: list[torch.Tensor], level: int, order: str,
+                      wavefront: bool = True) -> None:
+        stepper = self._stepper(levels, level, order, wavefront)
         decoder = entropy.SymbolDecoder(chunk)
         flat = levels[level].view(-1)
         codebook_size = self.prior.config.codebook_size[level]
@@ -174,10 +175,11 @@ class Codec:
             flat[positions] = torch.from_numpy(values.astype(np.int64))
         decoder.finish()
 
-    def _stepper(self, levels: list[torch.Tensor], level: int, order: str):
+    def _stepper(self, levels: list[torch.Tensor], level: int, order: str, wavefront: bool = True):
+        """wavefront=False: the one-position raster schedule of format version 1 (reading old files)."""
         height, width = levels[level].shape[1:]
         context = levels[level + 1] if level + 1 < len(levels) else None
-        return self.prior.stepper(order, level, int(height), int(width), context)  # type: ignore[arg-type]
+        return self.prior.stepper(order, level, int(height), int(width), context, wavefront)  # type: ignore[arg-type]
 
     def _check_header(self, header: Header) -> None:
         if header.model_name != self.name:

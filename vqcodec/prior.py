@@ -96,44 +96,62 @@ class LevelStepper(abc.ABC):
 
 
 class RasterStepper(LevelStepper):
-    """One position per step in raster order; each step runs the PixelCNN on a crop around it."""
+    """The gated PixelCNN's exact raster-order model, decoded one wavefront per step.
 
-    def __init__(self, net: GatedPixelCNN, height: int, width: int, context: Tensor | None) -> None:
+    Position (r, c) reads `margin` rows above and `margin` columns to either side, so it only
+    needs positions with a smaller wavefront index c + r * (margin + 1): every step decodes the
+    whole anti-diagonal band of that index at once (about width / (margin + 1) positions),
+    h * (margin + 1) + w steps instead of h * w, with the same probabilities as a raster scan.
+    `wavefront=False` gives the one-position raster scan of format version 1.
+    Each position's logits come from the network run on a crop around it, batched per step.
+    """
+
+    def __init__(self, net: GatedPixelCNN, height: int, width: int, context: Tensor | None,
+                 wavefront: bool = True) -> None:
         self.net, self.height, self.width = net, height, width
-        self.schedule = list(torch.arange(height * width).split(1))
         device = net.head[-1].weight.device
-        m = net.margin
+        m, box = net.margin, net.box
+        flat = torch.arange(height * width)
+        if wavefront:
+            rows, cols = flat // width, flat % width
+            index = cols + rows * (m + 1)
+            flat = flat[torch.argsort(index, stable=True)]  # wavefront, then row
+            self.schedule = list(flat.split(torch.bincount(index).tolist()))
+        else:
+            self.schedule = list(flat.split(1))
         # Padded by the margin (rows above, columns both sides; map (r, c) sits at (r + m, c + m))
-        # so that every step's crops are plain slices.
+        # so that every crop is an index pattern plus an offset.
         features = net.features(None if context is None else context.to(device), height, width)
-        self.features = None if features is None else F.pad(features, (m, m, m, 0))
-        self.inside = F.pad(torch.ones(1, 1, height, width, device=device), (m, m, m, 0))
+        self.features = None if features is None else F.pad(features, (m, m, m, 0))[0]  # (C, h+m, w+2m)
+        self.inside = F.pad(torch.ones(height, width, device=device), (m, m, m, 0))  # (h+m, w+2m)
         # The current position is the centre of a crop's bottom row: it and the rest of that row
         # are not decoded yet, at every step.
-        self.past = torch.ones(1, m + 1, 2 * m + 1, device=device)
-        self.past[:, m, m:] = 0
+        self.past = torch.ones(m + 1, 2 * m + 1, device=device)
+        self.past[m, m:] = 0
+        self.crop_rows = torch.arange(m + 1, device=device).view(1, -1, 1)  # crop (m+1, 2m+1)
+        self.crop_cols = torch.arange(2 * m + 1, device=device).view(1, 1, -1)
+        self.box_rows = torch.arange(m - box, m + 1, device=device).view(1, -1, 1)  # first layer's box
+        self.box_cols = torch.arange(m - box, m + box + 1, device=device).view(1, 1, -1)
+        self.device = device
 
     @torch.no_grad()
     def logits(self, step: int, symbols: Tensor) -> Tensor:
-        """symbols (1, h, w) int64 -> (1, K) float32 logits of position `step` (reads only earlier ones)."""
-        r, c = divmod(step, self.width)
-        net = self.net
-        m, box = net.margin, net.box
-        visible = self.inside[0, :, r : r + m + 1, c : c + 2 * m + 1] * self.past  # (1, m+1, 2m+1)
-        crop = self._crop(symbols.to(visible.device), r, c)
-        crop = torch.where(visible > 0, crop, torch.zeros_like(crop))
-        embedded = net.embed(crop).permute(0, 3, 1, 2) * visible.unsqueeze(1)  # (1, C, m+1, 2m+1)
-        inside = self.inside[..., r + m - box : r + m + 1, c + m - box : c + m + box + 1]  # (1, 1, box+1, 2box+1)
-        features = None if self.features is None else self.features[..., r + m : r + m + 1, c + m - box : c + m + 1]
+        """symbols (1, h, w) int64 -> (n, K) float32 logits of the step's positions (reads only earlier ones)."""
+        net, m, box = self.net, self.net.margin, self.net.box
+        positions = self.schedule[step].to(self.device)
+        r = (positions // self.width).view(-1, 1, 1)  # padded row of a crop's top = r
+        c = (positions % self.width).view(-1, 1, 1)  # padded column of a crop's left = c
+        padded = F.pad(symbols[0].to(self.device), (m, m, m, 0))
+        rows, cols = r + self.crop_rows, c + self.crop_cols
+        visible = self.inside[rows, cols] * self.past  # (n, m+1, 2m+1)
+        crop = torch.where(visible > 0, padded[rows, cols], torch.zeros_like(rows))
+        embedded = net.embed(crop).permute(0, 3, 1, 2) * visible.unsqueeze(1)  # (n, C, m+1, 2m+1)
+        inside = self.inside[r + self.box_rows, c + self.box_cols].unsqueeze(1)  # (n, 1, box+1, 2box+1)
+        features = None
+        if self.features is not None:  # the bottom row's left half, up to the position
+            row, cols_left = (r + m).view(-1, 1), (c.view(-1, 1) + torch.arange(m - box, m + 1, device=self.device))
+            features = self.features[:, row, cols_left].permute(1, 0, 2).unsqueeze(2)  # (n, C, 1, box+1)
         return net.crop_logits(embedded, features, inside).float().cpu()
-
-    def _crop(self, symbols: Tensor, r: int, c: int) -> Tensor:
-        """(1, h, w) int64 -> (1, m + 1, 2m + 1) int64: rows r-m..r, cols c-m..c+m, zeros off the map."""
-        m = self.net.margin
-        crop = symbols.new_zeros(1, m + 1, 2 * m + 1)
-        top, left, right = max(r - m, 0), max(c - m, 0), min(c + m + 1, self.width)
-        crop[:, top - (r - m) :, left - (c - m) : right - (c - m)] = symbols[:, top : r + 1, left:right]
-        return crop
 
 
 class GroupStepper(LevelStepper):
@@ -215,7 +233,8 @@ class SymbolPrior(nn.Module):
         total = sum(F.cross_entropy(z, s, reduction="sum") for z, s in zip(logits, symbols))
         return total / sum(s.numel() for s in symbols)
 
-    def stepper(self, order: Order, level: int, height: int, width: int, context: Tensor | None) -> LevelStepper:
+    def stepper(self, order: Order, level: int, height: int, width: int, context: Tensor | None,
+                wavefront: bool = True) -> LevelStepper:
         """Decode steps of one level.
 
         Args:
@@ -223,6 +242,8 @@ class SymbolPrior(nn.Module):
             level: 0 (bottom) .. L-1 (top).
             height, width: the level's symbol map size.
             context: (1, h', w') int64, the next-coarser level's full symbols; None for the top.
+            wavefront: raster order only: decode a wavefront per step (False: one position per
+                step, the schedule of format version 1).
         """
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
@@ -234,7 +255,7 @@ class SymbolPrior(nn.Module):
             self._check_grids(height, width, context.shape[-2:], level)
         with torch.no_grad():
             if order == "raster":
-                return RasterStepper(self.raster[level], height, width, context)
+                return RasterStepper(self.raster[level], height, width, context, wavefront)
             return GroupStepper(self.fast[level], height, width, context)
 
     def _check(self, symbols: list[Tensor], order: str) -> None:
