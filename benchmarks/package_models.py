@@ -6,7 +6,7 @@ For each vqc-N with runs/vqc-N/decoder/model.safetensors (the recipe's last stag
 runs/vqc-N/prior/model.safetensors: weights are stored in fp16 (halves the package; the codec
 computes in float32, and the RD numbers in the card are measured on the fp16 weights after
 packaging), and vqcodec/models/vqc-N.md is written from the training logs and, when present, its
-point in the Kodak results (benchmarks/results/kodak/vqcodec-fast.json).
+points in the Kodak results (benchmarks/results/kodak/vqcodec-{fast,raster}.json).
 
 --keep-history: the run holds only a decoder stage on top of the shipped model (the earlier
 stages' logs are gone); the card keeps its training history and gains the decoder stage.
@@ -121,14 +121,21 @@ def training_lines(name: str, run: Path) -> list[str]:
     return lines
 
 
+def stage_run(run: Path, stage: str) -> tuple[dict, list[dict], int] | None:
+    """(train config, log records, last step) of runs/NAME/<stage> ("decoder" or "prior"), None if absent."""
+    config_file = run / stage / f"{stage}_train_config.json"
+    if not config_file.exists():
+        return None
+    log = records(run / stage / f"{stage}_log.jsonl")
+    return json.loads(config_file.read_text()), log, max((r.get("step", 0) for r in log), default=0)
+
+
 def decoder_lines(name: str, run: Path) -> list[str]:
     """The decoder stage of the card's Training section (empty when the run has none)."""
-    config_file = run / "decoder" / "decoder_train_config.json"
-    if not config_file.exists():
+    stage = stage_run(run, "decoder")
+    if stage is None:
         return []
-    cfg = json.loads(config_file.read_text())
-    log = records(run / "decoder" / "decoder_log.jsonl")
-    steps = max((r.get("step", 0) for r in log), default=0)
+    cfg, log, steps = stage
     minutes = train_minutes(log, lambda step: cfg["batch_size"])
     val = [r["val_psnr"] for r in log if "val_psnr" in r]
     gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
@@ -178,14 +185,14 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
 
 
 def prior_again_lines(name: str, run: Path) -> list[str]:
-    config_file = run / "prior" / "prior_train_config.json"
-    if not config_file.exists():
+    """A prior fine-tuning run on top of the shipped model, as one Training line (empty when absent)."""
+    stage = stage_run(run, "prior")
+    if stage is None:
         return []
-    cfg = json.loads(config_file.read_text())
-    log = records(run / "prior" / "prior_log.jsonl")
-    steps = max((r.get("step", 0) for r in log), default=0)
+    cfg, log, steps = stage
     val = [r for r in log if "val_bpp_fast" in r]
-    change = (f" Held-out estimate (fast order) {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp."
+    change = (f" Held-out estimate {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast order), "
+              f"{val[0]['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
               if len(val) > 1 else "")
     runs = cfg.get("runs", [])  # back-to-back runs, each from the last one's prior
     chained = (f" in {len(runs)} runs of {' + '.join(map(str, runs))} steps, each with its own warm-up and cosine,"
@@ -210,12 +217,14 @@ def architecture_lines(name: str) -> list[str]:
 def measured_lines(name: str, results_dir: Path | None) -> list[str]:
     """Kodak RD point and codebook usage sections, from the committed benchmark results."""
     lines: list[str] = []
-    result = results_dir / "vqcodec-fast.json" if results_dir else None
-    if result and result.exists():
+    for order in ("fast", "raster"):
+        result = results_dir / f"vqcodec-{order}.json" if results_dir else None
+        if not (result and result.exists()):
+            continue
         data = json.loads(result.read_text())
         if name in data.get("points", []):
             i = data["points"].index(name)
-            lines += ["", "## Measured on Kodak (24 images; whole .vqc files, header included; fast order; "
+            lines += ["", f"## Measured on Kodak (24 images; whole .vqc files, header included; {order} order; "
                       "1 CPU thread on a shared 2-core machine)", ""]
             for key, label in (("bpp", "bpp"), ("psnr-rgb", "PSNR (dB)"), ("ms-ssim-rgb", "MS-SSIM"),
                                ("encoding_time", "encode (s/image)"), ("decoding_time", "decode (s/image)")):
