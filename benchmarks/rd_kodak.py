@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rd_kodak.py                    # every codec, then tables/plots/sheet
     .venv/bin/python benchmarks/rd_kodak.py --codec vqcodec    # only vqcodec, fast order (~3 min)
-    .venv/bin/python benchmarks/rd_kodak.py --codec vqcodec-raster  # exact order (~15 min)
+    .venv/bin/python benchmarks/rd_kodak.py --codec vqcodec-raster  # exact order (~16 min)
     .venv/bin/python benchmarks/rd_kodak.py --report-only      # tables and plots from existing JSON
 
 Each codec's JSON is rewritten only when that codec runs; tables, plots and the

@@ -34,13 +34,7 @@ def test_round_trip_is_bit_exact(codec, order, size):
 def version_1_raster_file(codec, image) -> bytes:
     """What vqcodec 0.1 wrote for order="raster": the one-position raster scan, version byte 1."""
     symbols = codec.encode(image).levels
-    chunks = []
-    for level in reversed(range(len(symbols))):
-        stepper = codec._stepper(symbols, level, "raster", wavefront=False)
-        flat = symbols[level].reshape(-1)
-        steps = [(flat[positions].numpy(), entropy.canonical_probabilities(stepper.logits(step, symbols[level]).numpy()))
-                 for step, positions in enumerate(stepper.schedule)]
-        chunks.append(entropy.encode_steps(steps))
+    chunks = [codec._encode_level(symbols, level, "raster", wavefront=False) for level in reversed(range(len(symbols)))]
     header, _ = bitstream.unpack(codec.compress(image, order="raster"))
     body = bytearray(bitstream.pack(header, chunks)[:-4])
     body[3] = 1

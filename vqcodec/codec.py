@@ -150,8 +150,8 @@ class Codec:
     # ---- one level of entropy coding -------------------------------------------------------------
 
     @torch.no_grad()
-    def _encode_level(self, levels: list[torch.Tensor], level: int, order: str) -> bytes:
-        stepper = self._stepper(levels, level, order)
+    def _encode_level(self, levels: list[torch.Tensor], level: int, order: str, wavefront: bool = True) -> bytes:
+        stepper = self._stepper(levels, level, order, wavefront)
         flat = levels[level].reshape(-1)
         steps = []
         for step, positions in enumerate(stepper.schedule):

@@ -148,9 +148,8 @@ class RasterStepper(LevelStepper):
         embedded = net.embed(crop).permute(0, 3, 1, 2) * visible.unsqueeze(1)  # (n, C, m+1, 2m+1)
         inside = self.inside[r + self.box_rows, c + self.box_cols].unsqueeze(1)  # (n, 1, box+1, 2box+1)
         features = None
-        if self.features is not None:  # the bottom row's left half, up to the position
-            row, cols_left = (r + m).view(-1, 1), (c.view(-1, 1) + torch.arange(m - box, m + 1, device=self.device))
-            features = self.features[:, row, cols_left].permute(1, 0, 2).unsqueeze(2)  # (n, C, 1, box+1)
+        if self.features is not None:  # the box's bottom row, left half up to the position
+            features = self.features[:, r + m, c + self.box_cols[..., : box + 1]].permute(1, 0, 2, 3)  # (n, C, 1, box+1)
         return net.crop_logits(embedded, features, inside).float().cpu()
 
 
