@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from vqcodec.errors import VQCodecError
+from vqcodec.prior import ORDERS
 from vqcodec.train import (DecoderTrainConfig, PriorTrainConfig, TrainConfig, decoder_train_config_from_dict,
                            prior_train_config_from_dict, train_config_from_dict, train_decoder, train_prior,
                            train_vqvae)
@@ -110,10 +111,15 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
 @click.option("--prior-config", type=_JSON_FILE, help="JSON file of PriorConfig fields (sizes come from the VQ-VAE).")
 @click.option("--init-prior", type=click.Path(exists=True, dir_okay=False),
               help="Start from this model file's prior (same prior config) instead of a fresh one.")
+@click.option("--order", "orders", type=click.Choice(ORDERS), multiple=True,
+              help="Train only this decode order's networks (repeatable); the other order's stay as they are "
+              "[default: both].")
 def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config: Path | None,
-                        **options: Any) -> None:
-    """Train the prior (both decode orders) on a frozen VQ-VAE's symbols; writes model.safetensors."""
+                        orders: tuple[str, ...], **options: Any) -> None:
+    """Train the prior (both decode orders, or --order) on a frozen VQ-VAE's symbols; writes model.safetensors."""
     fields = _recipe(recipe, "train_prior")
+    if orders:
+        fields["orders"] = list(dict.fromkeys(orders))
     if vqvae_path is not None:
         fields["vqvae"] = str(vqvae_path)
     if prior_config is not None:

@@ -223,6 +223,31 @@ def test_prior_fine_tuning_starts_from_the_given_models_prior(images, tmp_path, 
     assert result.exit_code == 1 and "init_prior" in result.output and "prior config" in result.output
 
 
+def test_prior_training_of_one_order_leaves_the_other_orders_networks_as_they_were(images, tmp_path,
+                                                                                    tiny_model_path):
+    from vqcodec.cli.training import train_prior_command
+
+    vqvae, prior = tiny_model()
+    args = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "3", "--crop", "32",
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0", "--lr", "1e-2",
+            "--warmup-steps", "0", "--init-prior", str(tiny_model_path), "--prior-config", _json(tmp_path, prior),
+            "--out", str(tmp_path / "a"), "--order", "raster"]
+    result = CliRunner().invoke(train_prior_command, args)
+    assert result.exit_code == 0, result.output
+    tuned = load_model(tmp_path / "a" / "model.safetensors")[1]
+    before = prior.state_dict()
+    changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("raster.") for k in changed)
+    assert all(k in changed for k, v in tuned.raster.named_parameters(prefix="raster") if v.requires_grad)
+    assert "nats_raster" in records(tmp_path / "a" / "prior_log.jsonl", "train")[-1]
+    assert json.loads((tmp_path / "a" / "prior_train_config.json").read_text())["orders"] == ["raster"]
+
+    result = CliRunner().invoke(train_prior_command, [*args[:-1], "sideways"])
+    assert result.exit_code == 2 and "sideways" in result.output
+    with pytest.raises(ValueError, match="orders"):
+        PriorTrainConfig(data=str(images), out=str(tmp_path), vqvae=str(tiny_model_path), orders=("raster",) * 2)
+
+
 def _json(tmp_path: Path, prior) -> str:
     """The tunable fields of `prior`'s config as a --prior-config file."""
     path = tmp_path / "prior.json"

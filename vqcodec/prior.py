@@ -210,13 +210,17 @@ class SymbolPrior(nn.Module):
         self.fast = nn.ModuleList(GroupedContextModel(ks[l], c, config.fast_layers, config.fast_groups[l],
                                                       ups[l], contexts[l]) for l in range(config.levels))
 
+    def networks(self, order: Order) -> nn.ModuleList:
+        """The per-level context networks of one decode order (bottom first)."""
+        return self.raster if order == "raster" else self.fast
+
     def logits(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
         """Teacher-forced logits: per level (B, h_l, w_l) int64 -> per level (B, K_l, h_l, w_l) float32."""
         self._check(symbols, order)
         out = []
         for level, level_symbols in enumerate(symbols):
             context = symbols[level + 1] if level + 1 < self.config.levels else None
-            net = self.raster[level] if order == "raster" else self.fast[level]
+            net = self.networks(order)[level]
             out.append(net(level_symbols, net.features(context, *level_symbols.shape[-2:])))
         return out
 

@@ -114,6 +114,15 @@ class PriorTrainConfig(RunSettings):
     prior: PriorConfig | Mapping[str, Any] | None = None
     init_prior: str | None = None       # start from this model file's prior (fine-tuning) unless resuming
     steps: int = 50_000
+    # Decode orders whose networks train (the other order's stay as they are): each order has its
+    # own networks, so fine-tuning only the one a model is used with gives it all the compute.
+    orders: tuple[str, ...] = ORDERS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "orders", tuple(self.orders))  # a list from JSON becomes a tuple
+        if not self.orders or len(set(self.orders)) != len(self.orders) or not set(self.orders) <= set(ORDERS):
+            raise ValueError(f"orders must be distinct values among {ORDERS}, got {self.orders}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -285,18 +294,19 @@ def evaluate_vqvae(model: VQVAE2, loader: DataLoader, rt: Runtime) -> dict[str, 
 
 
 class _PriorLoss(nn.Module):
-    """Wraps the prior so that DDP sees a forward: symbols -> (2,) nats/symbol for ("fast", "raster")."""
+    """Wraps the prior so that DDP sees a forward: symbols -> nats/symbol per trained order."""
 
-    def __init__(self, prior: SymbolPrior) -> None:
+    def __init__(self, prior: SymbolPrior, orders: tuple[str, ...]) -> None:
         super().__init__()
         self.prior = prior
+        self.orders = orders
 
     def forward(self, symbols: list[Tensor]) -> Tensor:
-        return torch.stack([self.prior.loss(symbols, order) for order in ORDERS])
+        return torch.stack([self.prior.loss(symbols, order) for order in self.orders])
 
 
 def train_prior(cfg: PriorTrainConfig) -> Path:
-    """Train the SymbolPrior (both orders, losses summed) on a frozen VQ-VAE's symbols.
+    """Train the SymbolPrior (cfg.orders, losses summed) on a frozen VQ-VAE's symbols.
 
     Symbols come on the fly from random crops (fresh augmentation every epoch),
     encoded in float32 exactly as compression encodes them. Returns
@@ -314,25 +324,27 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
     prior = place_model(_initial_prior(prior_cfg, cfg.init_prior), rt)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
+    for order in ORDERS:  # an untrained order's networks stay frozen (and out of DDP's gradient sync)
+        prior.networks(order).requires_grad_(order in cfg.orders)
+    optimizer = torch.optim.Adam([p for p in prior.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     state_path, step = out / "prior_state.pt", 0
     if cfg.resume and state_path.exists():
         step = load_training_state(state_path, rt, models={"prior": prior}, optimizer=optimizer, scheduler=scheduler)
-    net = wrap_model(_PriorLoss(prior), rt, compile_model=cfg.compile)
+    net = wrap_model(_PriorLoss(prior, cfg.orders), rt, compile_model=cfg.compile)
     batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
                             num_workers=cfg.num_workers)
 
     def train_step() -> dict[str, Tensor]:
         symbols = vqvae.encode(next(batches).to(rt.device, non_blocking=True))  # per level (B, h_l, w_l)
         with autocast(rt, cfg.amp):
-            nats = net(symbols).float()  # (2,) fast, raster
+            nats = net(symbols).float()  # one per trained order
         loss = nats.sum()
         optimizer_step(loss, prior, optimizer, scheduler, cfg.grad_clip)
-        return {"loss": loss.detach(), **{f"nats_{o}": nats[i].detach() for i, o in enumerate(ORDERS)}}
+        return {"loss": loss.detach(), **{f"nats_{o}": nats[i].detach() for i, o in enumerate(cfg.orders)}}
 
     def summarize(mean: dict[str, float]) -> dict[str, Any]:
-        bits = {f"bits_per_symbol_{o}": mean[f"nats_{o}"] / math.log(2) for o in ORDERS}
+        bits = {f"bits_per_symbol_{o}": mean[f"nats_{o}"] / math.log(2) for o in cfg.orders}
         return {**mean, **bits, "lr": scheduler.get_last_lr()[0]}
 
     def checkpoint(at: int) -> None:
@@ -343,7 +355,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
 
     validate = _validator(val_set, cfg, rt, lambda loader: evaluate_prior(vqvae, prior, loader, rt))
     spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
-                    cfg.batch_size * rt.world_size, show=("bits_per_symbol_fast", "bits_per_symbol_raster"),
+                    cfg.batch_size * rt.world_size, show=tuple(f"bits_per_symbol_{o}" for o in cfg.orders),
                     validate_start=cfg.init_prior is not None)
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
              checkpoint=checkpoint, log=MetricsLog(out / "prior_log.jsonl", rt.is_main))
