@@ -200,9 +200,20 @@ def prior_again_lines(name: str, run: Path) -> list[str]:
     return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps{chained} of "
             f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
             f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`), about "
-            f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on 1 CPU thread.{change} "
+            f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on the shared 2-core CPU."
+            f"{one_order_note(runs, cfg.get('run_orders', []))}{change} "
             f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
             f"- Validation (prior, this release): `{json.dumps(val[-1] if val else {})}`"]
+
+
+def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
+    """Which of the chained prior runs trained one decode order only (`--order`), as a sentence."""
+    single = [(i, orders[0]) for i, orders in enumerate(run_orders) if len(orders) == 1]
+    if not single:
+        return ""
+    text = "; ".join(f"run {i + 1} ({runs[i]} steps) trained only the {order} networks (`--order {order}`)"
+                     for i, order in single)
+    return f" {text[0].upper()}{text[1:]}, leaving the other order's as they were."
 
 
 def architecture_lines(name: str) -> list[str]:
