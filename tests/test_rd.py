@@ -53,6 +53,27 @@ def test_table_lists_every_codec():
     assert "| a | 5 |" in text and "+0.00 %" in text and "-50.00 %" in text
 
 
+def test_anchor_is_interpolated_in_log_rate_and_refuses_to_extrapolate():
+    # Halfway between 0.25 and 1.0 bpp in log-rate is 0.5 bpp; CURVE has 32 dB there.
+    assert bdrate.anchor_psnr_at(CURVE, 0.5) == pytest.approx(32.0)
+    assert bdrate.anchor_psnr_at(CURVE, math.sqrt(0.25 * 0.5)) == pytest.approx(30.5)
+    assert bdrate.anchor_bpp_at(CURVE, 30.5) == pytest.approx(math.sqrt(0.25 * 0.5))
+    assert bdrate.anchor_psnr_at(CURVE, 0.05) is None and bdrate.anchor_bpp_at(CURVE, 40.0) is None
+
+
+def test_point_table_judges_every_point_against_the_anchor():
+    test = _result("ours", [0.05, 0.25, 0.5], [24.0, 30.0, 31.0])
+    test["points"] = ["m1", "m2", "m3"]
+    rows = bdrate.point_rows(CURVE, test)
+    assert rows[0] == "| ours | m1 | 0.0500 | 24.00 | outside | outside | outside the anchor's range |"
+    assert rows[1].startswith("| ours | m2 | 0.2500 | 30.00 | +1.00 dB |") and rows[1].endswith("| better |")
+    assert rows[2].startswith("| ours | m3 | 0.5000 | 31.00 | -1.00 dB |") and rows[2].endswith("| worse |")
+    # Same PSNR as the anchor's 0.25-bpp point, at 0.5 bpp: twice the bits.
+    assert "| +100.00 % |" in bdrate.point_rows(CURVE, _result("x", [0.5], [29.0]))[0]
+    text = bdrate.report_markdown([CURVE, test], [], [], anchor="a", detail=["ours"])
+    assert "Point by point against a" in text and "| ours | m3 |" in text
+
+
 def test_reference_files_follow_the_schema():
     files = sorted(REFERENCE.glob("*.json"))
     assert files

@@ -102,9 +102,65 @@ def table(results: Sequence[dict], anchor_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def anchor_psnr_at(anchor: dict, bpp: float) -> float | None:
+    """The anchor's PSNR at this rate, linear in log-rate between its points; None outside its range."""
+    rate, psnr = curve(anchor)
+    if len(rate) == 0 or not rate.min() <= bpp <= rate.max():
+        return None
+    return float(np.interp(math.log(bpp), np.log(rate), psnr))
+
+
+def anchor_bpp_at(anchor: dict, psnr: float) -> float | None:
+    """The anchor's rate for this PSNR, linear in log-rate between its points; None outside its range."""
+    quality, rate = _monotone(*curve(anchor)[::-1])
+    if len(rate) == 0 or not quality.min() <= psnr <= quality.max():
+        return None
+    return float(math.exp(np.interp(psnr, quality, np.log(rate))))
+
+
+def point_rows(anchor: dict, test: dict) -> list[str]:
+    """One markdown row per point of `test`: the anchor at the same rate and at the same PSNR.
+
+    BD numbers average over a range; a codec family is judged point by point too, because one
+    member that loses to the anchor is hidden by the others' gains in an average.
+    """
+    res = test["results"]
+    labels = test.get("points") or [str(i + 1) for i in range(len(res["bpp"]))]
+    rows = []
+    for label, bpp, psnr in zip(labels, res["bpp"], res["psnr-rgb"]):
+        if bpp is None or psnr is None:
+            continue
+        same_rate, same_psnr = anchor_psnr_at(anchor, bpp), anchor_bpp_at(anchor, psnr)
+        delta_db = _fmt(psnr - same_rate, " dB") if same_rate is not None else "outside"
+        delta_rate = _fmt((bpp / same_psnr - 1) * 100, " %") if same_psnr is not None else "outside"
+        if same_rate is None and same_psnr is None:
+            verdict = "outside the anchor's range"
+        else:
+            verdict = "better" if (psnr > same_rate if same_rate is not None else bpp < same_psnr) else "worse"
+        rows.append(f"| {test['name']} | {label} | {bpp:.4f} | {psnr:.2f} | {delta_db} | {delta_rate} | {verdict} |")
+    return rows
+
+
+def point_table(results: Sequence[dict], anchor_name: str, names: Sequence[str]) -> str:
+    """Markdown table of each point of the curves in `names` against the curve named `anchor_name`."""
+    anchors = [r for r in results if r["name"] == anchor_name]
+    if not anchors:
+        return f"_No curve named {anchor_name!r}: no table._\n"
+    lines = [f"| codec | point | bpp | PSNR (dB) | PSNR vs {anchor_name} at this bpp "
+             f"| bpp vs {anchor_name} at this PSNR | verdict |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for result in results:
+        if result["name"] in names:
+            lines += point_rows(anchors[0], result)
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(measured: Sequence[dict], payload: Sequence[dict], references: Sequence[dict], *,
-                    anchor: str, notes: Sequence[str] = ()) -> str:
-    """The two BD tables (file protocol; CompressAI protocol with published curves) as markdown."""
+                    anchor: str, notes: Sequence[str] = (), detail: Sequence[str] = ()) -> str:
+    """The two BD tables (file protocol; CompressAI protocol with published curves) as markdown.
+
+    detail: names of measured curves whose every point is also compared with the anchor's curve.
+    """
     parts = [
         f"# BD-rate vs {anchor}\n",
         "Bjøntegaard deltas, PCHIP (piecewise cubic) interpolation in log-rate, `bjontegaard` package; "
@@ -115,6 +171,14 @@ def report_markdown(measured: Sequence[dict], payload: Sequence[dict], reference
         "bpp = 8 × file bytes / pixels — what a user stores.\n",
         table(measured, anchor),
     ]
+    if detail:
+        parts += [
+            f"### Point by point against {anchor} (whole file)\n",
+            f"Each point against {anchor}'s curve, interpolated linearly in log-rate between its points: "
+            "its PSNR at the same bpp, and the bpp change at the same PSNR (negative = fewer bits). "
+            f"'outside' = beyond {anchor}'s measured range.\n",
+            point_table(measured, anchor, detail),
+        ]
     if payload:
         parts += [
             "## Protocol 2: CompressAI (payload bytes only)\n",
