@@ -8,8 +8,10 @@ computes in float32, and the RD numbers in the card are measured on the fp16 wei
 packaging), and vqcodec/models/vqc-N.md is written from the training logs and, when present, its
 points in the Kodak results (benchmarks/results/kodak/vqcodec-{fast,raster}.json).
 
---keep-history: the run holds only a decoder stage on top of the shipped model (the earlier
-stages' logs are gone); the card keeps its training history and gains the decoder stage.
+--keep-history: the run holds only later stages on top of the shipped model (a decoder stage,
+a prior fine-tuning, or both; the earlier stages' logs are gone); the card keeps its whole
+training history and gains a line per stage of this run. Packaging the same run again rewrites
+those lines instead of adding them twice.
 """
 
 from __future__ import annotations
@@ -163,24 +165,26 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
 
 
-# Lines this script adds to a kept history (dropped and rewritten on every run, never duplicated).
-_ADDED = ("- Decoder stage:", "- Last decoder-stage log:", "- Prior, fine-tuned again",
-          "- Validation (prior, this release)")
+# The sentence that ties the last prior line to the recipe; only the newest line keeps it.
+_RECIPE_STEPS = re.compile(r" The recipe's prior_steps \(\d+\) count these steps too\.")
 
 
 def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
-    """The shipped card's Training section (its runs' logs are gone) + this run's decoder stage.
+    """The shipped card's Training section (its runs' logs are gone) + this run's stages.
 
     With --keep-history a prior run in the same folder is a fine-tuning of the shipped prior on
-    the (unchanged) symbols, done after the decoder stage; it is added as a line of its own.
+    the (unchanged) symbols, done after every stage the card already lists; it is added as a line
+    of its own. A kept line equal to one this run writes (the same run packaged again) is dropped.
     """
     old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
-    training = [line for line in old[old.index("## Training") + 1 :] if not line.startswith(_ADDED)]
-    # The recipe's prior_steps now include the fine-tuning below; the kept line predates it.
-    training = [re.sub(r"the recipe's \d+ for a from-scratch rebuild", "before the fine-tuning below", line)
-                for line in training]
-    lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training,
-             *decoder_lines(name, run), *prior_again_lines(name, run)]
+    added = decoder_lines(name, run) + prior_again_lines(name, run)
+    rewritten = {_RECIPE_STEPS.sub("", line) for line in added}
+    # The recipe's prior_steps now include the fine-tunings below; the kept line predates them.
+    training = [_RECIPE_STEPS.sub("", re.sub(r"the recipe's \d+ for a from-scratch rebuild",
+                                              "before the fine-tuning below", line))
+                for line in old[old.index("## Training") + 1 :]]
+    training = [line for line in training if line not in rewritten]
+    lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training, *added]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
 
 
@@ -194,16 +198,16 @@ def prior_again_lines(name: str, run: Path) -> list[str]:
     change = (f" Held-out estimate {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast order), "
               f"{val[0]['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
               if len(val) > 1 else "")
-    runs = cfg.get("runs", [])  # back-to-back runs, each from the last one's prior
+    runs = cfg.get("runs", [steps])  # back-to-back runs, each from the last one's prior
     chained = (f" in {len(runs)} runs of {' + '.join(map(str, runs))} steps, each with its own warm-up and cosine,"
                if len(runs) > 1 else "")
-    return [f"- Prior, fine-tuned again after the decoder stage (the symbols are the same): {steps} more steps{chained} of "
+    return [f"- Prior, fine-tuned again after the stages above (the symbols are the same): {steps} more steps{chained} of "
             f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
             f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`), about "
             f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on the shared 2-core CPU."
-            f"{one_order_note(runs, cfg.get('run_orders', []))}{change} "
+            f"{one_order_note(runs, cfg.get('run_orders', [cfg.get('orders', [])]))}{change} "
             f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
-            f"- Validation (prior, this release): `{json.dumps(val[-1] if val else {})}`"]
+            f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`"]
 
 
 def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
@@ -211,8 +215,11 @@ def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
     single = [(i, orders[0]) for i, orders in enumerate(run_orders) if len(orders) == 1]
     if not single:
         return ""
-    text = "; ".join(f"run {i + 1} ({runs[i]} steps) trained only the {order} networks (`--order {order}`)"
-                     for i, order in single)
+    if len(runs) == 1:
+        text = f"it trained only the {single[0][1]} networks (`--order {single[0][1]}`)"
+    else:
+        text = "; ".join(f"run {i + 1} ({runs[i]} steps) trained only the {order} networks (`--order {order}`)"
+                         for i, order in single)
     return f" {text[0].upper()}{text[1:]}, leaving the other order's as they were."
 
 

@@ -8,7 +8,9 @@ model cards give the exact history, which resumed and fine-tuned runs); a GPU ru
 Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
 the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
 they are. The shipped priors were also fine-tuned again on the same symbols after the decoder stage;
-`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never change).
+`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never change);
+where a fine-tuning trained one decode order only (`--order`), it counts the steps of the order
+that saw the most, since a rebuild trains both orders together.
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ RECIPES: dict[str, Recipe] = {
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=2600, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=5950, prior_crop=128,
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=10950, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=6150, prior_crop=128,
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=13150, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
 }
 
