@@ -91,7 +91,7 @@ RECIPES: dict[str, Recipe] = {
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=10950, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=13150, prior_crop=128,
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR, vqvae_steps=2000, prior_steps=17650, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
 }
 
