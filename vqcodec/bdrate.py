@@ -91,14 +91,23 @@ def table_row(anchor: dict, test: dict) -> str:
             f"| {overlap(pa, pt) * 100:.0f} % |")
 
 
+def _named(results: Sequence[dict], name: str) -> dict | None:
+    """The curve called `name` in `results`, None when there is none."""
+    return next((r for r in results if r["name"] == name), None)
+
+
+def _no_anchor(anchor_name: str) -> str:
+    return f"_No curve named {anchor_name!r}: no table._\n"
+
+
 def table(results: Sequence[dict], anchor_name: str) -> str:
     """Markdown table of every curve in `results` against the one named `anchor_name`."""
-    anchors = [r for r in results if r["name"] == anchor_name]
-    if not anchors:
-        return f"_No curve named {anchor_name!r}: no table._\n"
+    anchor = _named(results, anchor_name)
+    if anchor is None:
+        return _no_anchor(anchor_name)
     lines = ["| codec | points | bpp range | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM dB) | PSNR overlap |",
              "|---|---:|---|---:|---:|---:|---:|"]
-    lines += [table_row(anchors[0], r) for r in results if len(curve(r)[0])]
+    lines += [table_row(anchor, r) for r in results if len(curve(r)[0])]
     return "\n".join(lines) + "\n"
 
 
@@ -133,25 +142,30 @@ def point_rows(anchor: dict, test: dict) -> list[str]:
         same_rate, same_psnr = anchor_psnr_at(anchor, bpp), anchor_bpp_at(anchor, psnr)
         delta_db = _fmt(psnr - same_rate, " dB") if same_rate is not None else "outside"
         delta_rate = _fmt((bpp / same_psnr - 1) * 100, " %") if same_psnr is not None else "outside"
-        if same_rate is None and same_psnr is None:
-            verdict = "outside the anchor's range"
-        else:
-            verdict = "better" if (psnr > same_rate if same_rate is not None else bpp < same_psnr) else "worse"
-        rows.append(f"| {test['name']} | {label} | {bpp:.4f} | {psnr:.2f} | {delta_db} | {delta_rate} | {verdict} |")
+        rows.append(f"| {test['name']} | {label} | {bpp:.4f} | {psnr:.2f} | {delta_db} | {delta_rate} | {_verdict(bpp, psnr, same_rate, same_psnr)} |")
     return rows
+
+
+def _verdict(bpp: float, psnr: float, anchor_psnr: float | None, anchor_bpp: float | None) -> str:
+    """Better or worse than the anchor: by PSNR at the same rate where the anchor reaches it, else by rate."""
+    if anchor_psnr is not None:
+        return "better" if psnr > anchor_psnr else "worse"
+    if anchor_bpp is not None:
+        return "better" if bpp < anchor_bpp else "worse"
+    return "outside the anchor's range"
 
 
 def point_table(results: Sequence[dict], anchor_name: str, names: Sequence[str]) -> str:
     """Markdown table of each point of the curves in `names` against the curve named `anchor_name`."""
-    anchors = [r for r in results if r["name"] == anchor_name]
-    if not anchors:
-        return f"_No curve named {anchor_name!r}: no table._\n"
+    anchor = _named(results, anchor_name)
+    if anchor is None:
+        return _no_anchor(anchor_name)
     lines = [f"| codec | point | bpp | PSNR (dB) | PSNR vs {anchor_name} at this bpp "
              f"| bpp vs {anchor_name} at this PSNR | verdict |",
              "|---|---|---:|---:|---:|---:|---|"]
     for result in results:
         if result["name"] in names:
-            lines += point_rows(anchors[0], result)
+            lines += point_rows(anchor, result)
     return "\n".join(lines) + "\n"
 
 
