@@ -35,27 +35,45 @@ def records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def final_model(run: Path, keep_history: bool) -> Path | None:
-    """The last stage's model file of a run.
+def final_files(run: Path, keep_history: bool) -> tuple[Path, Path] | None:
+    """(file of the VQ-VAE, file of the prior) to ship from a run; None when it has neither stage.
 
-    In a full run the decoder stage comes last. With --keep-history a prior run, if any, was
-    fine-tuned on top of the decoder stage's model, so its file holds both.
+    In a full run the decoder stage comes last and its file holds both. With --keep-history the
+    stages were trained on top of the shipped model, one after the other or side by side (they
+    touch disjoint parts: the decoder side, the prior): the VQ-VAE comes from the decoder stage
+    and the prior from the prior run, where each exists.
     """
-    stages = ("prior", "decoder") if keep_history else ("decoder", "prior")
-    for stage in stages:
-        if (run / stage / "model.safetensors").exists():
-            return run / stage / "model.safetensors"
-    return None
+    decoder, prior = run / "decoder" / "model.safetensors", run / "prior" / "model.safetensors"
+    found = [f for f in (decoder, prior) if f.exists()]
+    if not found:
+        return None
+    if not keep_history:
+        return found[0], found[0]
+    return found[0], found[-1]
 
 
-def package(name: str, model_file: Path) -> Path:
-    vqvae, prior, meta = load_model(model_file)
+def package(name: str, vqvae_file: Path, prior_file: Path) -> Path:
+    vqvae, prior, meta = load_model(vqvae_file)
+    if prior_file != vqvae_file:
+        prior_vqvae, prior, _ = load_model(prior_file)
+        check_same_symbols(vqvae, prior_vqvae, vqvae_file, prior_file)
     for module in (vqvae, prior):
         module.half()
     target = MODELS / BUNDLED[name]
     keep = {k: v for k, v in meta.items() if k not in ("format", "vqvae_config", "prior_config")}
     save_model(target, vqvae, prior, metadata={**keep, "name": name})
     return target
+
+
+def check_same_symbols(a: torch.nn.Module, b: torch.nn.Module, a_file: Path, b_file: Path) -> None:
+    """Refuse to pair a prior with a VQ-VAE whose encoder side (hence symbols) is not its own."""
+    decoder_side = ("upsamplers.", "decoder.", "refine.")
+    theirs = b.state_dict()
+    differ = [k for k, v in a.state_dict().items()
+              if not k.startswith(decoder_side) and not (k in theirs and torch.equal(v, theirs[k]))]
+    if differ:
+        raise SystemExit(f"{a_file} and {b_file} encode differently ({differ[:3]} ...): the prior was "
+                         "trained on other symbols")
 
 
 # What the shipped weights went through beyond their recipe (this release, trained on CPU).
@@ -132,8 +150,11 @@ def stage_run(run: Path, stage: str) -> tuple[dict, list[dict], int] | None:
     return json.loads(config_file.read_text()), log, max((r.get("step", 0) for r in log), default=0)
 
 
-def decoder_lines(name: str, run: Path) -> list[str]:
-    """The decoder stage of the card's Training section (empty when the run has none)."""
+def decoder_lines(name: str, run: Path, blocks_before: int | None = None) -> list[str]:
+    """The decoder stage of the card's Training section (empty when the run has none).
+
+    blocks_before: refine blocks the shipped decoder already had (a second decoder stage grows it).
+    """
     stage = stage_run(run, "decoder")
     if stage is None:
         return []
@@ -141,8 +162,12 @@ def decoder_lines(name: str, run: Path) -> list[str]:
     minutes = train_minutes(log, lambda step: cfg["batch_size"])
     val = [r["val_psnr"] for r in log if "val_psnr" in r]
     gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
+    grown = (f"{cfg['refine_blocks']} identity-initialised residual blocks added to the decoder trunk"
+             if not blocks_before else
+             f"the decoder trunk grown from {blocks_before} to {cfg['refine_blocks']} refine blocks, the new ones "
+             "identity-initialised")
     return [
-        f"- Decoder stage: {cfg['refine_blocks']} identity-initialised residual blocks added to the decoder trunk, "
+        f"- Decoder stage: {grown}, "
         f"then the decoder side alone trained {steps} steps of batch {cfg['batch_size']} on {cfg['crop']}x{cfg['crop']} "
         f"crops, Adam lr {cfg['lr']} (cosine), MSE, on the frozen symbols (`vqcodec train-decoder --config {name} "
         f"--model ...`): encoder, codebooks and prior are unchanged, so every image codes to the same symbols and "
@@ -177,27 +202,70 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
     of its own. A kept line equal to one this run writes (the same run packaged again) is dropped.
     """
     old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
-    added = decoder_lines(name, run) + prior_again_lines(name, run)
-    rewritten = {_RECIPE_STEPS.sub("", line) for line in added}
     # The recipe's prior_steps now include the fine-tunings below; the kept line predates them.
     training = [_RECIPE_STEPS.sub("", re.sub(r"the recipe's \d+ for a from-scratch rebuild",
                                               "before the fine-tuning below", line))
                 for line in old[old.index("## Training") + 1 :]]
+    ours = prior_validation_line(run)
+    shipped = last_validation([line for line in training if line != ours])
+    blocks = refine_blocks_before(name, run, training)
+    added = decoder_lines(name, run, blocks) + prior_again_lines(name, run, shipped)
+    rewritten = {_RECIPE_STEPS.sub("", line) for line in added}
     training = [line for line in training if line not in rewritten]
     lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training, *added]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
 
 
-def prior_again_lines(name: str, run: Path) -> list[str]:
-    """A prior fine-tuning run on top of the shipped model, as one Training line (empty when absent)."""
+def refine_blocks_before(name: str, run: Path, training: list[str]) -> int | None:
+    """Refine blocks of the shipped decoder, from the card's earlier decoder-stage lines."""
+    ours = decoder_lines(name, run)[1:]  # this run's log line follows its stage line (a repackaging)
+    blocks = None
+    for line, after in zip(training, [*training[1:], None]):
+        found = re.match(r"- Decoder stage: (?:(\d+) identity-initialised|the decoder trunk grown from \d+ to (\d+))",
+                         line)
+        if found and after not in ours:
+            blocks = int(found.group(1) or found.group(2))
+    return blocks
+
+
+def last_validation(lines: list[str]) -> dict | None:
+    """The last prior validation record quoted in card lines (the shipped prior's held-out bpp)."""
+    for line in reversed(lines):
+        quoted = re.search(r"`(\{.*\})`", line)
+        if quoted and "val_bpp_fast" in quoted.group(1):
+            return json.loads(quoted.group(1))
+    return None
+
+
+def prior_validation_line(run: Path) -> str | None:
+    stage = stage_run(run, "prior")
+    val = [r for r in stage[1] if "val_bpp_fast" in r] if stage else []
+    return f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`" if stage else None
+
+
+def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list[str]:
+    """A prior fine-tuning run on top of the shipped model, as one Training line (empty when absent).
+
+    `shipped` is the shipped prior's validation record: the run's own first validation differs from
+    it when the run rebuilt the fast-order networks (`--prior-config` with other fast_layers /
+    fast_groups) and warm-started them from the shipped ones.
+    """
     stage = stage_run(run, "prior")
     if stage is None:
         return []
     cfg, log, steps = stage
     val = [r for r in log if "val_bpp_fast" in r]
-    change = (f" Held-out estimate {val[0]['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast order), "
-              f"{val[0]['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
-              if len(val) > 1 else "")
+    start = shipped or (val[0] if val else None)
+    change = (f" Held-out estimate {start['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast order), "
+              f"{start['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
+              if start and len(val) > 1 else "")
+    rebuilt = ""
+    if start and val and abs(val[0]["val_bpp_fast"] - start["val_bpp_fast"]) > 1e-3:
+        fast = {k: cfg["prior"][k] for k in ("fast_layers", "fast_groups") if k in cfg["prior"]}
+        rebuilt = (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps(fast)}) and "
+                   "warm-started from the shipped ones: embeddings, conditioning networks and heads carried "
+                   f"over, new residual units started as the identity (fast order {val[0]['val_bpp_fast']:.4f} "
+                   "bpp at the warm start).")
     runs = cfg.get("runs", [steps])  # back-to-back runs, each from the last one's prior
     chained = (f" in {len(runs)} runs of {' + '.join(map(str, runs))} steps, each with its own warm-up and cosine,"
                if len(runs) > 1 else "")
@@ -205,9 +273,9 @@ def prior_again_lines(name: str, run: Path) -> list[str]:
             f"batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr {cfg['lr']} "
             f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`), about "
             f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on the shared 2-core CPU."
-            f"{one_order_note(runs, cfg.get('run_orders', [cfg.get('orders', [])]))}{change} "
+            f"{one_order_note(runs, cfg.get('run_orders', [cfg.get('orders', [])]))}{rebuilt}{change} "
             f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
-            f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`"]
+            prior_validation_line(run)]
 
 
 def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
@@ -272,13 +340,13 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in BUNDLED:
         run = args.runs / name
-        model_file = final_model(run, args.keep_history)
-        if model_file is None:
+        files = final_files(run, args.keep_history)
+        if files is None:
             print(f"{name}: no trained model under {run}, skipped")
             continue
         if not args.cards_only:
-            target = package(name, model_file)
-            print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB) from {model_file}")
+            target = package(name, *files)
+            print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB) from {', '.join(map(str, set(files)))}")
         write = card_with_history if args.keep_history else card
         (MODELS / f"{name}.md").write_text(write(name, run, args.results))
 

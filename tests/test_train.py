@@ -200,6 +200,20 @@ def test_cli_refine_stage_resumes_the_run_on_the_recipes_larger_crops(images, tm
     assert result.exit_code == 2 and "--refine needs --config" in result.output
 
 
+@pytest.mark.parametrize("name", ["vqc-1", "vqc-2", "vqc-3", "vqc-4"])
+def test_each_bundled_model_has_the_architecture_its_recipe_builds(name):
+    from dataclasses import replace
+
+    from vqcodec.models import resolve
+    from vqcodec.recipes import get
+
+    recipe = get(name)
+    vqvae, prior, _ = load_model(resolve(name)[1])
+    blocks = recipe.decoder.refine_blocks if recipe.decoder else recipe.vqvae.refine_blocks
+    assert vqvae.config == replace(recipe.vqvae, refine_blocks=blocks)  # the decoder stage grows the decoder
+    assert prior.config == resolve_prior_config(vqvae.config, recipe.prior)
+
+
 def test_prior_fine_tuning_starts_from_the_given_models_prior(images, tmp_path, tiny_model_path):
     from vqcodec.cli.training import train_prior_command
 
@@ -246,6 +260,34 @@ def test_prior_training_of_one_order_leaves_the_other_orders_networks_as_they_we
     assert result.exit_code == 2 and "sideways" in result.output
     with pytest.raises(ValueError, match="orders"):
         PriorTrainConfig(data=str(images), out=str(tmp_path), vqvae=str(tiny_model_path), orders=("raster",) * 2)
+
+
+def test_a_deeper_fast_order_starts_from_the_trained_one():
+    import dataclasses
+
+    from vqcodec.train import grown_prior
+
+    vqvae, prior = tiny_model()
+    for net in prior.fast:  # trained-looking weights: the tiny model's units are not all zero
+        torch.nn.init.normal_(net.inp.weight, std=0.3)
+    symbols = vqvae.encode(torch.rand(2, 3, 48, 64))
+    deeper = grown_prior(prior, dataclasses.replace(prior.config, fast_layers=4), ("fast",)).eval()
+    assert len(deeper.fast[0].units) == 2 and len(prior.fast[0].units) == 0
+    for order in ("fast", "raster"):  # new units start as the identity: the same logits as the source
+        for mine, theirs in zip(deeper.logits(symbols, order), prior.logits(symbols, order)):
+            assert torch.equal(mine, theirs)
+
+    # Another group side: the input projection is new, the embedding and head carry over.
+    regrouped = grown_prior(prior, dataclasses.replace(prior.config, fast_groups=(4, 2)), ("fast",))
+    assert regrouped.fast[0].inp.weight.shape != prior.fast[0].inp.weight.shape
+    assert torch.equal(regrouped.fast[0].embed.weight, prior.fast[0].embed.weight)
+    assert torch.equal(regrouped.fast[0].head[-1].weight, prior.fast[0].head[-1].weight)
+    assert torch.equal(regrouped.raster[0].embed.weight, prior.raster[0].embed.weight)
+
+    with pytest.raises(ValueError, match="fast_layers"):  # the fast order is not training: it must match
+        grown_prior(prior, dataclasses.replace(prior.config, fast_layers=4), ("raster",))
+    with pytest.raises(ValueError, match="channels"):
+        grown_prior(prior, dataclasses.replace(prior.config, channels=8), ("fast",))
 
 
 def _json(tmp_path: Path, prior) -> str:

@@ -1,7 +1,7 @@
 """The codec: the one object that runs the whole flow in both directions.
 
 ```
-compress:    image ─► image.to_tensor ─► VQVAE2.encode ─► symbol maps (bottom … top)
+compress:    image ─► image.to_tensor ─► VQVAE2 encoder + rdo.optimize_symbols ─► symbol maps (bottom … top)
              for level top → bottom: prior stepper ─► logits ─► canonical probabilities ─► rANS chunk
              Header(model, digest, size, mode, order, map sizes, symbol CRC) + chunks ─► bitstream.pack ─► bytes
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import bitstream, entropy
+from vqcodec import bitstream, entropy, rdo
 from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
@@ -72,11 +72,17 @@ class Codec:
 
     # ---- image <-> symbols -------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode(self, image: ImageLike) -> Symbols:
-        """Image -> symbol maps (the tokens the prior codes)."""
+    def encode(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> Symbols:
+        """Image -> symbol maps (the tokens the prior codes).
+
+        optimize: steps of rate-distortion optimization under `order`'s code lengths
+        (`vqcodec.rdo`); 0 gives the nearest codes, the fastest encode.
+        """
+        _check_order(order)
+        if optimize < 0:
+            raise VQCodecError(f"optimize must be >= 0 steps, got {optimize}")
         x, info = to_tensor(image)
-        levels = self.vqvae.encode(x.to(self.device))
+        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize)
         return Symbols([s.cpu().long() for s in levels], info)
 
     @torch.no_grad()
@@ -91,10 +97,13 @@ class Codec:
 
     # ---- bytes ---------------------------------------------------------------------------------
 
-    def compress(self, image: ImageLike, *, order: Order = "fast") -> bytes:
-        """Image (PIL, uint8 array or float tensor) -> .vqc bytes."""
-        _check_order(order)
-        symbols = self.encode(image)
+    def compress(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> bytes:
+        """Image (PIL, uint8 array or float tensor) -> .vqc bytes.
+
+        optimize: encoder effort, steps of rate-distortion optimization of the symbols (0: nearest
+        codes, fastest); files decode the same way whatever it was.
+        """
+        symbols = self.encode(image, order=order, optimize=optimize)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
         header = Header(
             model_name=self.name,
@@ -131,18 +140,18 @@ class Codec:
             raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
         return Symbols(levels, ImageInfo(header.mode, header.height, header.width))
 
-    def compress_batch(self, images: Iterable[ImageLike], *, order: Order = "fast") -> list[bytes]:
+    def compress_batch(self, images: Iterable[ImageLike], *, order: Order = "fast",
+                       optimize: int = rdo.DEFAULT_STEPS) -> list[bytes]:
         """Compress several images; each result is an independent .vqc file."""
-        return [self.compress(image, order=order) for image in images]
+        return [self.compress(image, order=order, optimize=optimize) for image in images]
 
     def decompress_batch(self, files: Iterable[bytes]) -> list[Image.Image]:
         """Decompress several .vqc files."""
         return [self.decompress(data) for data in files]
 
-    def estimate_bits(self, image: ImageLike, *, order: Order = "fast") -> float:
+    def estimate_bits(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> float:
         """Cross-entropy of the image's symbols under the prior, in bits (no coding; header excluded)."""
-        _check_order(order)
-        symbols = self.encode(image)
+        symbols = self.encode(image, order=order, optimize=optimize)
         with torch.no_grad():
             bits = self.prior.bits(symbols.levels, order)
         return float(sum(b.sum() for b in bits))
@@ -220,9 +229,10 @@ def cached_codec(model: str | Path, device: str = "cpu") -> Codec:
         return _CACHE[key]
 
 
-def compress(image: ImageLike, *, model: str | Path = "default", order: Order = "fast") -> bytes:
-    """Compress one image with a bundled model (loaded once per process)."""
-    return cached_codec(model).compress(image, order=order)
+def compress(image: ImageLike, *, model: str | Path = "default", order: Order = "fast",
+             optimize: int = rdo.DEFAULT_STEPS) -> bytes:
+    """Compress one image with a bundled model (loaded once per process); see `Codec.compress`."""
+    return cached_codec(model).compress(image, order=order, optimize=optimize)
 
 
 def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:

@@ -237,6 +237,25 @@ class GroupedContextModel(nn.Module):
             self.cond_proj = nn.Conv2d(side * side * channels, (units + 1) * channels, 1)
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
 
+    @torch.no_grad()
+    def warm_start(self, source: GroupedContextModel) -> None:
+        """Start from a trained model of another depth or group side, keeping what carries over.
+
+        Every tensor whose shape agrees is copied. Residual units beyond the source's depth, and
+        their conditioning biases, start at zero, so a deeper copy computes the same logits; with
+        another group side the input and conditioning projections stay fresh, while the
+        embedding, the ConditionNet and the head carry over.
+        """
+        theirs = source.state_dict()
+        for name, mine in self.state_dict().items():
+            old = theirs.get(name)
+            if old is not None and old.shape == mine.shape:
+                mine.copy_(old)
+            elif name.startswith("units."):
+                mine.zero_()  # a new unit: x + 0 = x
+            elif name.startswith("cond_proj.") and old is not None and old.shape[1:] == mine.shape[1:]:
+                mine.copy_(torch.cat([old, old.new_zeros(mine.shape[0] - old.shape[0], *old.shape[1:])]))
+
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) rounded up to multiples of the group side."""
         s = self.side

@@ -189,6 +189,7 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     """vqcodec's bundled models (or `models`) as one curve decoded in `order`."""
     from vqcodec.codec import Codec
     from vqcodec.models import list_models
+    from vqcodec.rdo import DEFAULT_STEPS
 
     names = [n for n in (models or list_models()) if n != "default"]  # "default" would repeat a point
     if not names:
@@ -200,9 +201,10 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
         points.append(OperatingPoint(name, partial(codec.compress, order=order), codec.decompress, vqcodec_payload))
     return CodecUnderTest(
         name=f"vqcodec-{order}",
-        description=f"vqcodec models {names}, decode order {order!r}, CPU",
+        description=f"vqcodec models {names}, decode order {order!r}, default encoder effort, CPU",
         points=tuple(points),
-        settings={"models": names, "order": order, "device": "cpu", "weights_digest": digests},
+        settings={"models": names, "order": order, "optimize_steps": DEFAULT_STEPS, "device": "cpu",
+                  "weights_digest": digests},
     )
 
 

@@ -151,6 +151,24 @@ class VectorQuantizer(nn.Module):
                 symbols.append(distances.argmin(1))
             return torch.cat(symbols) if symbols else flat.new_zeros(0, dtype=torch.int64)
 
+    def nearest_k(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k nearest codes of every vector, nearest first; no side effects, no gradient.
+
+        z: (B, D, h, w) float. Returns indices (B, k, h, w) int64 and their squared distances
+        (B, k, h, w) float32.
+        """
+        b, _, h, w = z.shape
+        flat = _flatten(z)
+        with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+            codebook = self.codebook.float()
+            e_sq = codebook.pow(2).sum(1)
+            chunk = max(1, _DISTANCE_ELEMENTS // self.codebook_size)
+            found = [torch.addmm(part.pow(2).sum(1, keepdim=True) + e_sq, part, codebook.t(), alpha=-2.0)
+                     .topk(k, dim=1, largest=False) for part in flat.split(chunk)]
+        distances = torch.cat([f.values for f in found]) if found else flat.new_zeros(0, k)
+        indices = torch.cat([f.indices for f in found]) if found else flat.new_zeros(0, k, dtype=torch.int64)
+        return (indices.view(b, h, w, k).permute(0, 3, 1, 2), distances.view(b, h, w, k).permute(0, 3, 1, 2))
+
     def lookup(self, symbols: Tensor) -> Tensor:
         """Codebook vectors of symbols (B, h, w) int64 -> (B, D, h, w) float32."""
         return F.embedding(symbols, self.codebook).permute(0, 3, 1, 2).contiguous()

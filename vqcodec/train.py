@@ -323,7 +323,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
-    prior = place_model(_initial_prior(prior_cfg, cfg.init_prior), rt)
+    prior = place_model(_initial_prior(prior_cfg, cfg.init_prior, cfg.orders), rt)
     for order in ORDERS:  # an untrained order's networks stay frozen (and out of DDP's gradient sync)
         prior.networks(order).requires_grad_(order in cfg.orders)
     optimizer = torch.optim.Adam([p for p in prior.parameters() if p.requires_grad], lr=cfg.lr)
@@ -362,18 +362,39 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     return out / "model.safetensors"
 
 
-def _initial_prior(cfg: PriorConfig, init_from: str | None) -> SymbolPrior:
-    """A fresh prior, or the prior of model file `init_from`, which must have exactly this config."""
-    prior = SymbolPrior(cfg)
+def _initial_prior(cfg: PriorConfig, init_from: str | None, orders: tuple[str, ...]) -> SymbolPrior:
+    """A fresh prior, or one started from the prior of model file `init_from` (see `grown_prior`)."""
     if init_from is None:
-        return prior
+        return SymbolPrior(cfg)
     found = load_model(init_from)[1]
     if found is None:
         raise ValueError(f"init_prior: {init_from} holds no prior")
-    if found.config != cfg:
-        raise ValueError(f"init_prior: {init_from} has prior config {found.config.to_dict()}, "
-                         f"this run needs {cfg.to_dict()}")
-    prior.load_state_dict(found.state_dict())
+    try:
+        return grown_prior(found, cfg, orders)
+    except ValueError as err:
+        raise ValueError(f"init_prior: {init_from}: {err}") from None
+
+
+def grown_prior(source: SymbolPrior, cfg: PriorConfig, orders: tuple[str, ...]) -> SymbolPrior:
+    """A prior with config `cfg` started from `source`.
+
+    With the same config it is a copy. Otherwise the fast order's networks may differ in depth
+    (`fast_layers`) and group side (`fast_groups`) when that order is among the trained `orders`:
+    they start from the source's (`GroupedContextModel.warm_start`). Everything else must match.
+
+    Raises:
+        ValueError: the configs differ in anything else.
+    """
+    prior = SymbolPrior(cfg)
+    grown_fields = {"fast_layers", "fast_groups"} if "fast" in orders else set()
+    mine, theirs = cfg.to_dict(), source.config.to_dict()
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if set(differ) - grown_fields:
+        raise ValueError(f"prior config differs in {differ} (has {theirs}, this run needs {mine}); only "
+                         f"fast_layers and fast_groups may change, and only when the fast order trains")
+    prior.raster.load_state_dict(source.raster.state_dict())
+    for net, trained in zip(prior.fast, source.fast):
+        net.warm_start(trained)
     return prior
 
 

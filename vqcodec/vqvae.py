@@ -269,14 +269,29 @@ class VQVAE2(nn.Module):
 
         Pure: uses nearest/lookup, so no codebook state changes even in training mode.
         """
+        return [quantizer.nearest(z) for quantizer, z in zip(self.quantizers, self.latent_vectors(x))]
+
+    @torch.no_grad()
+    def latent_vectors(self, x: Tensor) -> list[Tensor]:
+        """x (B, 3, H, W) in [0, 1] -> the vectors each level quantizes, bottom first, (B, D_l, h_l, w_l).
+
+        Top-down as in `encode`: a level's vectors depend on the nearest codes of the level above.
+        """
         features = self._features(self._pad(x))
-        symbols: list[Tensor] = [x.new_empty(0, dtype=torch.int64)] * self.config.levels
+        vectors: list[Tensor] = [x.new_empty(0)] * self.config.levels
         above: Tensor | None = None
         for level in reversed(range(self.config.levels)):
             quantizer = self.quantizers[level]
-            symbols[level] = quantizer.nearest(self._quantizer_input(level, features, above))
-            above = quantizer.lookup(symbols[level])
-        return symbols
+            vectors[level] = self._quantizer_input(level, features, above)
+            above = quantizer.lookup(quantizer.nearest(vectors[level]))
+        return vectors
+
+    def decode_vectors(self, quantized: list[Tensor], size: tuple[int, int]) -> Tensor:
+        """Quantized maps per level, bottom first, (B, D_l, h_l, w_l) -> x_hat (B, 3, *size).
+
+        Differentiable (unlike `decode`'s symbol lookup): encoder-side optimization runs through it.
+        """
+        return self._decode_quantized(quantized)[:, :, : size[0], : size[1]]
 
     def decode(self, symbols: list[Tensor], size: tuple[int, int] | None = None) -> Tensor:
         """Symbols per level, bottom first, (B, h_l, w_l) int64 -> x_hat (B, 3, H, W) float32.

@@ -1,0 +1,67 @@
+"""Rate-distortion optimised encoding: never worse than nearest codes by its own measure, and real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import photo_like
+from vqcodec import rdo
+from vqcodec.errors import VQCodecError
+from vqcodec.image import to_tensor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cost(codec, x, symbols, order, weight=None):
+    """(MSE, bits, J) of symbols, measured the slow way: decode, and the prior's code lengths."""
+    with torch.no_grad():
+        mse = float(F.mse_loss(codec.vqvae.decode(symbols, size=x.shape[-2:]), x))
+        bits = float(sum(b.sum() for b in codec.prior.bits(symbols, order)))
+    pixels = x.shape[-2] * x.shape[-1]
+    weight = rdo.RATE_WEIGHT * mse / (bits / pixels) if weight is None else weight
+    return mse, bits, mse + weight * bits / pixels, weight
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_optimized_symbols_cost_less_than_the_nearest_codes(codec, order):
+    x, _ = to_tensor(photo_like(48, 64, seed=7))
+    nearest = codec.vqvae.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(rdo.optimize_symbols(codec.vqvae, codec.prior, x, order, 0), nearest))
+    optimized = rdo.optimize_symbols(codec.vqvae, codec.prior, x, order, 10)
+    assert any(not torch.equal(a, b) for a, b in zip(optimized, nearest))  # it did change the choice
+    *_, j_nearest, weight = cost(codec, x, nearest, order)
+    assert cost(codec, x, optimized, order, weight)[2] < j_nearest
+
+
+def test_optimized_files_round_trip_and_decode_like_any_file(codec):
+    image = Image.fromarray(photo_like(37, 53, seed=2))
+    for steps in (0, 3):
+        data = codec.compress(image, optimize=steps)
+        assert all(torch.equal(a, b) for a, b in zip(codec.decode_symbols(data).levels,
+                                                      codec.encode(image, optimize=steps).levels))
+    assert codec.compress(image, optimize=0) != codec.compress(image, optimize=3)
+
+
+def test_large_images_keep_the_nearest_codes(codec, monkeypatch):
+    monkeypatch.setattr(rdo, "MAX_PIXELS", 100)
+    x, _ = to_tensor(photo_like(16, 16, seed=1))
+    optimized = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 5)
+    assert all(torch.equal(a, b) for a, b in zip(optimized, codec.vqvae.encode(x)))
+
+
+def test_negative_effort_is_refused(codec, tmp_path, tiny_model_path):
+    from vqcodec.cli.main import app
+
+    with pytest.raises(VQCodecError, match="optimize"):
+        codec.compress(photo_like(8, 8), optimize=-1)
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    args = ["compress", str(tmp_path / "a.png"), "--model", str(tiny_model_path), "-o"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "a.vqc"), "--optimize", "-1"])
+    assert result.exit_code == 2 and "--optimize" in result.output and not (tmp_path / "a.vqc").exists()
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "b.vqc"), "--optimize", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b.vqc").read_bytes() == codec.compress(Image.open(tmp_path / "a.png"), optimize=0)

@@ -1,0 +1,138 @@
+"""Rate-distortion optimised encoding: symbols chosen for pixels and bits together.
+
+Nearest-code quantization picks, position by position, the code closest to the encoder's vector;
+it looks at neither the decoded picture nor the bits. `optimize_symbols` starts there and takes a
+few Adam steps on the vectors to lower
+
+    J = MSE(x, decoder(codes)) + weight * bits(codes) / pixels
+
+  * distortion: the decoder's gradient reaches the vectors through straight-through quantization;
+  * rate: each vector is softly assigned to its nearest codes (softmax of -distance / temperature)
+    and the assignment is scored by the prior's code lengths given the current symbols (held
+    fixed within a step), so vectors drift towards codes the prior finds cheap.
+
+J of the final symbols is measured exactly (decoded picture; teacher-forced code lengths are the
+coded size) and compared with J of the nearest codes: the better wins, so the result is never
+worse than nearest codes by J.
+The output is ordinary symbols: decoding does not change. The idea is Yang et al. 2020,
+"Improving Inference for Neural Image Compression" (scalar latents); here with vector
+quantization and an autoregressive prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqcodec.prior import SymbolPrior
+from vqcodec.quantize import VectorQuantizer
+from vqcodec.vqvae import VQVAE2
+
+DEFAULT_STEPS = 10
+LEARNING_RATE = 2e-3
+# The rate weight as an exchange rate: weight = RATE_WEIGHT * MSE0 / bpp0 (of the nearest codes)
+# trades 1 dB of PSNR for about 20 % of the rate, the slope of Pillow's JPEG curve (3.8 dB per
+# doubling), so a change is kept only when it beats that trade. Measured on held-out training
+# crops with vqc-4, 10 steps: rate -8 % at +0.02 dB.
+RATE_WEIGHT = 1.3
+TEMPERATURE = 0.3  # softness of the assignment, as a share of the mean nearest-to-second code gap
+CANDIDATES = 8  # codes per position in the soft assignment (memory: 8 x h x w per level)
+REFRESH = 3  # steps between recomputations of the prior's code lengths (the costliest part of a step)
+MAX_PIXELS = 2_000_000  # larger images keep nearest codes: the backward pass needs ~2 GB per megapixel
+
+
+def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
+                     steps: int = DEFAULT_STEPS) -> list[Tensor]:
+    """Symbols of one image chosen for rate and distortion.
+
+    Args:
+        vqvae: the model (eval mode; its weights are not changed).
+        prior: the symbol prior, on the CPU.
+        x: (1, 3, H, W) float32 in [0, 1], on the VQ-VAE's device.
+        order: the decode order whose code lengths count ("fast" or "raster").
+        steps: optimization steps; 0 gives the nearest codes (what `VQVAE2.encode` returns).
+    Returns:
+        Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
+    """
+    vectors = vqvae.latent_vectors(x)
+    quantizers = list(vqvae.quantizers)
+    nearest = [q.nearest(z) for q, z in zip(quantizers, vectors)]
+    pixels = x.shape[-2] * x.shape[-1]
+    if steps <= 0 or pixels > MAX_PIXELS or min(q.codebook_size for q in quantizers) < 2:
+        return nearest
+    temperatures = [TEMPERATURE * _code_gap(q, z) for q, z in zip(quantizers, vectors)]
+    lengths = CodeLengths(prior, nearest, order, x.device)
+    start_mse, start_bits = _distortion(vqvae, nearest, x), lengths.total(nearest)
+    weight = RATE_WEIGHT * start_mse / max(start_bits / pixels, 1e-9)  # this image's exchange rate
+    vectors = [z.detach().clone().requires_grad_(True) for z in vectors]
+    optimizer = torch.optim.Adam(vectors, lr=LEARNING_RATE)
+    with torch.enable_grad():
+        for step in range(steps):
+            candidates = [q.nearest_k(z, min(CANDIDATES, q.codebook_size))[0] for q, z in zip(quantizers, vectors)]
+            symbols = [c[:, 0] for c in candidates]
+            if step and step % REFRESH == 0:
+                lengths = CodeLengths(prior, symbols, order, x.device)
+            decoded = vqvae.decode_vectors(_straight_through(quantizers, vectors, symbols), x.shape[-2:])
+            rate = sum(_soft_bits(q, z, lengths.at(level, c), c, t)
+                       for level, (q, z, c, t) in enumerate(zip(quantizers, vectors, candidates, temperatures)))
+            loss = F.mse_loss(decoded, x) + weight * rate / pixels
+            for z, g in zip(vectors, torch.autograd.grad(loss, vectors)):  # the weights get no gradient
+                z.grad = g
+            optimizer.step()
+    final = [q.nearest(z) for q, z in zip(quantizers, vectors)]
+    final_bits = CodeLengths(prior, final, order, x.device).total(final)
+    final_cost = _distortion(vqvae, final, x) + weight * final_bits / pixels
+    return final if final_cost < start_mse + weight * start_bits / pixels else nearest
+
+
+class CodeLengths:
+    """The prior's code length (bits) of every code at every position, given some symbols.
+
+    Kept as logits and their log-sum-exp per position: a (1, K, h, w) table of lengths would
+    cost a pass over K codes just to be read at a few of them.
+    """
+
+    @torch.no_grad()
+    def __init__(self, prior: SymbolPrior, symbols: list[Tensor], order: str, device: torch.device) -> None:
+        logits = prior.logits([s.cpu() for s in symbols], order)  # type: ignore[arg-type]
+        self.logits = [z.float().to(device) for z in logits]
+        self.norms = [torch.logsumexp(z, dim=1, keepdim=True) for z in self.logits]
+
+    def at(self, level: int, codes: Tensor) -> Tensor:
+        """Bits of `codes` (1, k, h, w) int64 at their positions: (1, k, h, w) float32."""
+        return (self.norms[level] - self.logits[level].gather(1, codes)) / math.log(2)
+
+    def total(self, symbols: list[Tensor]) -> float:
+        """Bits of the whole symbol maps: their coded size, up to the coder's few bytes."""
+        return float(sum(self.at(level, s.unsqueeze(1)).sum() for level, s in enumerate(symbols)))
+
+
+@torch.no_grad()
+def _distortion(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor) -> float:
+    return float(F.mse_loss(vqvae.decode(symbols, size=x.shape[-2:]), x))
+
+
+def _straight_through(quantizers: list[VectorQuantizer], vectors: list[Tensor], symbols: list[Tensor]) -> list[Tensor]:
+    """The codes of `symbols` in the forward pass, the identity towards `vectors` in the backward one."""
+    return [z + (q.lookup(s) - z).detach() for q, z, s in zip(quantizers, vectors, symbols)]
+
+
+def _code_gap(quantizer: VectorQuantizer, z: Tensor) -> float:
+    """Mean squared-distance gap between each vector's nearest and second-nearest code."""
+    distances = quantizer.nearest_k(z, 2)[1]
+    return max(float((distances[:, 1] - distances[:, 0]).mean()), 1e-12)
+
+
+def _soft_bits(quantizer: VectorQuantizer, z: Tensor, lengths: Tensor, candidates: Tensor,
+               temperature: float) -> Tensor:
+    """Expected code length of z's soft assignment to its candidate codes; differentiable in z.
+
+    candidates (1, k, h, w): z's nearest codes; lengths (1, k, h, w): their bits.
+    """
+    codes = F.embedding(candidates, quantizer.codebook.float()).permute(0, 1, 4, 2, 3)  # (1, k, D, h, w)
+    distances = (z.unsqueeze(1) - codes).pow(2).sum(2)  # (1, k, h, w)
+    weights = F.softmax(-distances / temperature, dim=1)
+    return (weights * lengths).sum()
