@@ -2,7 +2,8 @@
 
     python benchmarks/codebook_usage.py [--data ../shared/data/kodak] [--out benchmarks/results/codebook_usage.json]
 
-Usage is counted over the symbol maps of all images together, per level (bottom first).
+Usage is counted over the symbol maps of all images together, per level (bottom first), as
+`Codec.encode` chooses them by default (fast order, default encoder effort: what files hold).
 """
 
 from __future__ import annotations

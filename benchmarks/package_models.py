@@ -1,6 +1,7 @@
 """Copy trained models into the package as fp16 safetensors and write their model cards.
 
     python benchmarks/package_models.py --runs runs [--results benchmarks/results/kodak] [--keep-history]
+    python benchmarks/package_models.py --measured-only   # every card's Kodak sections, from the results
 
 For each vqc-N with runs/vqc-N/decoder/model.safetensors (the recipe's last stage) or else
 runs/vqc-N/prior/model.safetensors: weights are stored in fp16 (halves the package; the codec
@@ -310,8 +311,10 @@ def measured_lines(name: str, results_dir: Path | None) -> list[str]:
         data = json.loads(result.read_text())
         if name in data.get("points", []):
             i = data["points"].index(name)
+            steps = data.get("settings", {}).get("optimize_steps")
+            effort = f"encoder: {steps} rate-distortion optimisation steps; " if steps else ""
             lines += ["", f"## Measured on Kodak (24 images; whole .vqc files, header included; {order} order; "
-                      "1 CPU thread on a shared 2-core machine)", ""]
+                      f"{effort}1 CPU thread on a shared 2-core machine)", ""]
             for key, label in (("bpp", "bpp"), ("psnr-rgb", "PSNR (dB)"), ("ms-ssim-rgb", "MS-SSIM"),
                                ("encoding_time", "encode (s/image)"), ("decoding_time", "decode (s/image)")):
                 if key in data["results"]:
@@ -334,10 +337,18 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "kodak")
     parser.add_argument("--cards-only", action="store_true", help="rewrite the cards, keep the weights")
+    parser.add_argument("--measured-only", action="store_true",
+                        help="rewrite only every card's measured sections (after re-running the benchmarks)")
     parser.add_argument("--keep-history", action="store_true",
                         help="runs hold only a decoder stage: keep each card's training history, add the stage")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.measured_only:
+        for name in BUNDLED:
+            card_file = MODELS / f"{name}.md"
+            kept = card_file.read_text().split("\n## Measured on Kodak")[0].rstrip("\n")
+            card_file.write_text("\n".join([kept, *measured_lines(name, args.results)]) + "\n")
+        return
     for name in BUNDLED:
         run = args.runs / name
         files = final_files(run, args.keep_history)
