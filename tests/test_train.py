@@ -284,6 +284,9 @@ def test_a_deeper_fast_order_starts_from_the_trained_one():
     assert torch.equal(regrouped.fast[0].head[-1].weight, prior.fast[0].head[-1].weight)
     assert torch.equal(regrouped.raster[0].embed.weight, prior.raster[0].embed.weight)
 
+    shallower = grown_prior(deeper, prior.config, ("fast",)).eval()  # back to the source's depth
+    assert all(torch.equal(a, b) for a, b in zip(shallower.logits(symbols, "fast"), prior.logits(symbols, "fast")))
+
     with pytest.raises(ValueError, match="fast_layers"):  # the fast order is not training: it must match
         grown_prior(prior, dataclasses.replace(prior.config, fast_layers=4), ("raster",))
     with pytest.raises(ValueError, match="channels"):

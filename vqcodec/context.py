@@ -242,7 +242,8 @@ class GroupedContextModel(nn.Module):
         """Start from a trained model of another depth or group side, keeping what carries over.
 
         Every tensor whose shape agrees is copied. Residual units beyond the source's depth, and
-        their conditioning biases, start at zero, so a deeper copy computes the same logits; with
+        their conditioning biases, start at zero, so a deeper copy computes the same logits (a
+        shallower one keeps the first units); with
         another group side the input and conditioning projections stay fresh, while the
         embedding, the ConditionNet and the head carry over.
         """
@@ -254,7 +255,9 @@ class GroupedContextModel(nn.Module):
             elif name.startswith("units."):
                 mine.zero_()  # a new unit: x + 0 = x
             elif name.startswith("cond_proj.") and old is not None and old.shape[1:] == mine.shape[1:]:
-                mine.copy_(torch.cat([old, old.new_zeros(mine.shape[0] - old.shape[0], *old.shape[1:])]))
+                rows = min(old.shape[0], mine.shape[0])  # the biases of units both have; new ones zero
+                mine.zero_()
+                mine[:rows] = old[:rows]
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) rounded up to multiples of the group side."""
