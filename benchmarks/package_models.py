@@ -27,6 +27,7 @@ import torch
 from vqcodec import recipes
 from vqcodec.checkpoint import load_model, save_model
 from vqcodec.models import BUNDLED, DEFAULT
+from vqcodec.vqvae import VQVAE2
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "vqcodec" / "models"
@@ -66,9 +67,10 @@ def package(name: str, vqvae_file: Path, prior_file: Path) -> Path:
     return target
 
 
-def check_same_symbols(a: torch.nn.Module, b: torch.nn.Module, a_file: Path, b_file: Path) -> None:
+def check_same_symbols(a: VQVAE2, b: VQVAE2, a_file: Path, b_file: Path) -> None:
     """Refuse to pair a prior with a VQ-VAE whose encoder side (hence symbols) is not its own."""
-    decoder_side = ("upsamplers.", "decoder.", "refine.")
+    decoder_side = tuple(f"{name}." for name, module in a.named_modules()
+                         if any(module is m for m in a.decoder_modules()))
     theirs = b.state_dict()
     differ = [k for k, v in a.state_dict().items()
               if not k.startswith(decoder_side) and not (k in theirs and torch.equal(v, theirs[k]))]
@@ -239,9 +241,12 @@ def last_validation(lines: list[str]) -> dict | None:
 
 
 def prior_validation_line(run: Path) -> str | None:
+    """The card line quoting the prior run's last validation; None without a prior run."""
     stage = stage_run(run, "prior")
-    val = [r for r in stage[1] if "val_bpp_fast" in r] if stage else []
-    return f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`" if stage else None
+    if stage is None:
+        return None
+    val = [r for r in stage[1] if "val_bpp_fast" in r]
+    return f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`"
 
 
 def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list[str]:

@@ -11,7 +11,7 @@ forward are pure functions of the weights (what compression relies on).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -138,18 +138,9 @@ class VectorQuantizer(nn.Module):
         return self._nearest_flat(_flatten(z)).view(b, h, w)
 
     def _nearest_flat(self, flat: Tensor) -> Tensor:
-        """(N, D) float32 -> (N,) int64, by ||z||^2 - 2 z.e^T + ||e||^2 (no N x K x D tensor)."""
-        with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
-            codebook = self.codebook.float()
-            e_sq = codebook.pow(2).sum(1)  # (K,)
-            # Chunks bound the (n, K) distance matrix to ~64 MiB for large images.
-            chunk = max(1, _DISTANCE_ELEMENTS // self.codebook_size)
-            symbols = []
-            for part in flat.split(chunk):
-                z_sq = part.pow(2).sum(1, keepdim=True)  # (n, 1)
-                distances = torch.addmm(z_sq + e_sq, part, codebook.t(), alpha=-2.0)  # (n, K)
-                symbols.append(distances.argmin(1))
-            return torch.cat(symbols) if symbols else flat.new_zeros(0, dtype=torch.int64)
+        """(N, D) float32 -> (N,) int64."""
+        symbols = [distances.argmin(1) for distances in self._distance_chunks(flat)]
+        return torch.cat(symbols) if symbols else flat.new_zeros(0, dtype=torch.int64)
 
     def nearest_k(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The k nearest codes of every vector, nearest first; no side effects, no gradient.
@@ -159,15 +150,25 @@ class VectorQuantizer(nn.Module):
         """
         b, _, h, w = z.shape
         flat = _flatten(z)
-        with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
-            codebook = self.codebook.float()
-            e_sq = codebook.pow(2).sum(1)
-            chunk = max(1, _DISTANCE_ELEMENTS // self.codebook_size)
-            found = [torch.addmm(part.pow(2).sum(1, keepdim=True) + e_sq, part, codebook.t(), alpha=-2.0)
-                     .topk(k, dim=1, largest=False) for part in flat.split(chunk)]
+        found = [distances.topk(k, dim=1, largest=False) for distances in self._distance_chunks(flat)]
         distances = torch.cat([f.values for f in found]) if found else flat.new_zeros(0, k)
         indices = torch.cat([f.indices for f in found]) if found else flat.new_zeros(0, k, dtype=torch.int64)
         return (indices.view(b, h, w, k).permute(0, 3, 1, 2), distances.view(b, h, w, k).permute(0, 3, 1, 2))
+
+    def _distance_chunks(self, flat: Tensor) -> Iterator[Tensor]:
+        """(N, D) float32 -> (n, K) squared distances to every code, chunk by chunk, without gradient.
+
+        ||z||^2 - 2 z.e^T + ||e||^2 (no N x K x D tensor); chunks bound each (n, K) matrix to
+        ~64 MiB for large images.
+        """
+        codebook = self.codebook.detach().float()
+        e_sq = codebook.pow(2).sum(1)  # (K,)
+        chunk = max(1, _DISTANCE_ELEMENTS // self.codebook_size)
+        for part in flat.detach().split(chunk):
+            # Grad and autocast modes are set per chunk: a context held across `yield` would leak to the caller.
+            with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+                distances = torch.addmm(part.pow(2).sum(1, keepdim=True) + e_sq, part, codebook.t(), alpha=-2.0)
+            yield distances
 
     def lookup(self, symbols: Tensor) -> Tensor:
         """Codebook vectors of symbols (B, h, w) int64 -> (B, D, h, w) float32."""

@@ -57,13 +57,12 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
     Returns:
         Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
     """
-    vectors = vqvae.latent_vectors(x)
+    vectors, nearest = vqvae.latent_vectors(x)
     quantizers = list(vqvae.quantizers)
-    nearest = [q.nearest(z) for q, z in zip(quantizers, vectors)]
     pixels = x.shape[-2] * x.shape[-1]
     if steps <= 0 or pixels > MAX_PIXELS or min(q.codebook_size for q in quantizers) < 2:
         return nearest
-    temperatures = [TEMPERATURE * _code_gap(q, z) for q, z in zip(quantizers, vectors)]
+    temperatures: list[float] = []
     lengths = CodeLengths(prior, nearest, order, x.device)
     start_mse, start_bits = _distortion(vqvae, nearest, x), lengths.total(nearest)
     weight = RATE_WEIGHT * start_mse / max(start_bits / pixels, 1e-9)  # this image's exchange rate
@@ -71,8 +70,11 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
     optimizer = torch.optim.Adam(vectors, lr=LEARNING_RATE)
     with torch.enable_grad():
         for step in range(steps):
-            candidates = [q.nearest_k(z, min(CANDIDATES, q.codebook_size))[0] for q, z in zip(quantizers, vectors)]
+            found = [q.nearest_k(z, min(CANDIDATES, q.codebook_size)) for q, z in zip(quantizers, vectors)]
+            candidates = [indices for indices, _ in found]
             symbols = [c[:, 0] for c in candidates]
+            if step == 0:  # the encoder's own spacing of the codes sets the softness
+                temperatures = [TEMPERATURE * _mean_gap(distances) for _, distances in found]
             if step and step % REFRESH == 0:
                 lengths = CodeLengths(prior, symbols, order, x.device)
             decoded = vqvae.decode_vectors(_straight_through(quantizers, vectors, symbols), x.shape[-2:])
@@ -120,9 +122,8 @@ def _straight_through(quantizers: list[VectorQuantizer], vectors: list[Tensor], 
     return [z + (q.lookup(s) - z).detach() for q, z, s in zip(quantizers, vectors, symbols)]
 
 
-def _code_gap(quantizer: VectorQuantizer, z: Tensor) -> float:
-    """Mean squared-distance gap between each vector's nearest and second-nearest code."""
-    distances = quantizer.nearest_k(z, 2)[1]
+def _mean_gap(distances: Tensor) -> float:
+    """Mean gap between the nearest and second-nearest code's squared distance; distances (1, k, h, w)."""
     return max(float((distances[:, 1] - distances[:, 0]).mean()), 1e-12)
 
 

@@ -269,22 +269,25 @@ class VQVAE2(nn.Module):
 
         Pure: uses nearest/lookup, so no codebook state changes even in training mode.
         """
-        return [quantizer.nearest(z) for quantizer, z in zip(self.quantizers, self.latent_vectors(x))]
+        return self.latent_vectors(x)[1]
 
     @torch.no_grad()
-    def latent_vectors(self, x: Tensor) -> list[Tensor]:
-        """x (B, 3, H, W) in [0, 1] -> the vectors each level quantizes, bottom first, (B, D_l, h_l, w_l).
+    def latent_vectors(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """x (B, 3, H, W) in [0, 1] -> (the vectors each level quantizes, their nearest codes), bottom first.
 
-        Top-down as in `encode`: a level's vectors depend on the nearest codes of the level above.
+        Vectors (B, D_l, h_l, w_l) float, codes (B, h_l, w_l) int64. Top-down: a level's vectors
+        depend on the nearest codes of the level above.
         """
         features = self._features(self._pad(x))
         vectors: list[Tensor] = [x.new_empty(0)] * self.config.levels
+        symbols: list[Tensor] = [x.new_empty(0, dtype=torch.int64)] * self.config.levels
         above: Tensor | None = None
         for level in reversed(range(self.config.levels)):
             quantizer = self.quantizers[level]
             vectors[level] = self._quantizer_input(level, features, above)
-            above = quantizer.lookup(quantizer.nearest(vectors[level]))
-        return vectors
+            symbols[level] = quantizer.nearest(vectors[level])
+            above = quantizer.lookup(symbols[level])
+        return vectors, symbols
 
     def decode_vectors(self, quantized: list[Tensor], size: tuple[int, int]) -> Tensor:
         """Quantized maps per level, bottom first, (B, D_l, h_l, w_l) -> x_hat (B, 3, *size).
