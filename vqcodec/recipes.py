@@ -7,12 +7,13 @@ model cards give the exact history, which resumed and fine-tuned runs); a GPU ru
 
 Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
 the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
-they are. vqc-4's decoder stage ran twice (4 refine blocks for 3,000 steps, then 8 for 7,500 more);
-its recipe is one stage of the total. The shipped priors were also fine-tuned again on the same
+they are. The decoder stages of vqc-3 and vqc-4 ran twice (4 refine blocks for 3,000 steps, then 8 for
+8,500 and 7,500 more); their recipes are one stage of the total. The shipped priors were also fine-tuned again on the same
 symbols after the decoder stage; `prior_steps` counts all the prior steps they saw (order does not
 matter: the symbols never change); where a fine-tuning trained one decode order only (`--order`),
 it counts the steps of the order that saw the most, since a rebuild trains both orders together.
-vqc-4's fast order was rebuilt with more groups and depth on the way (warm-started, see its card).
+The fast orders of vqc-3 and vqc-4 were rebuilt with more groups and depth on the way (warm-started,
+see their cards).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def _vqvae(downsample: tuple[int, int], codebook_size: tuple[int, int]) -> VQVAE
 
 
 _PRIOR = {"channels": 48, "layers": 5, "fast_layers": 5}
+# The x4-grid members' fast order has 4x4 groups on both levels and 7 residual units: with 2x2 bottom
+# groups a quarter of the bottom symbols saw no neighbour (vqc-4: 7.7 bits each, 5.9 in raster order).
+_PRIOR_X4 = {**_PRIOR, "fast_layers": 7, "fast_groups": (4, 4)}
 
 # x8-grid members refine on 192-px crops (12x12 top maps), x4-grid members on 128 px (16x16).
 _REFINE_X8 = Refine(steps=6000, crop=192, batch_size=8)
@@ -91,11 +95,9 @@ RECIPES: dict[str, Recipe] = {
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=2600, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=2000)),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR, vqvae_steps=2000, prior_steps=10950, prior_crop=128,
-                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=3000)),
-    # vqc-4's fast order has 4x4 groups on both levels and 5 residual units: with 2x2 bottom groups a
-    # quarter of its symbols saw no neighbour (7.7 bits each against 5.9 in the raster order).
-    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), {**_PRIOR, "fast_layers": 7, "fast_groups": (4, 4)},
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=24950, prior_crop=128,
+                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=11500, refine_blocks=8)),
+    "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR_X4,
                     vqvae_steps=2000, prior_steps=28365, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=10500, refine_blocks=8)),
 }
