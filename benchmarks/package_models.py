@@ -63,7 +63,7 @@ def package(name: str, vqvae_file: Path, prior_file: Path) -> Path:
         module.half()
     target = MODELS / BUNDLED[name]
     keep = {k: v for k, v in meta.items() if k not in ("format", "vqvae_config", "prior_config")}
-    save_model(target, vqvae, prior, metadata={**keep, "name": name})
+    save_model(target, vqvae, prior, metadata={**keep, "name": name}, compact=True)
     return target
 
 

@@ -115,3 +115,23 @@ def test_load_state_refuses_arbitrary_pickles(tmp_path):
     torch.save({"obj": _Payload()}, path)
     with pytest.raises(pickle.UnpicklingError):
         load_state(path)
+
+
+def test_a_compact_file_leaves_out_embed_sum_and_loading_rebuilds_it(tmp_path):
+    vqvae, prior = tiny_model(seed=3)
+    vqvae.train()
+    with torch.no_grad():  # EMA updates move the cluster sizes away from their initial ones
+        for _ in range(3):
+            vqvae(torch.rand(2, 3, 16, 24))
+    vqvae.eval()
+    full, compact = tmp_path / "full.safetensors", tmp_path / "compact.safetensors"
+    save_model(full, vqvae, prior)
+    save_model(compact, vqvae, prior, compact=True)
+    with safe_open(str(compact), framework="pt") as f:
+        assert not [k for k in f.keys() if k.endswith("embed_sum")]
+    assert compact.stat().st_size < full.stat().st_size
+    loaded, _, _ = load_model(compact)
+    for original, rebuilt in zip(vqvae.quantizers, loaded.quantizers):
+        assert not torch.allclose(original.cluster_size, torch.ones_like(original.cluster_size))
+        assert torch.equal(original.codebook, rebuilt.codebook)
+        torch.testing.assert_close(rebuilt.embed_sum, original.embed_sum, rtol=1e-5, atol=1e-6)

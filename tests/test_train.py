@@ -214,6 +214,13 @@ def test_each_bundled_model_has_the_architecture_its_recipe_builds(name):
     assert prior.config == resolve_prior_config(vqvae.config, recipe.prior)
 
 
+def test_the_bundled_weights_fit_the_package_budget():
+    from vqcodec.models import BUNDLED, resolve
+
+    total = sum(resolve(name)[1].stat().st_size for name in BUNDLED)
+    assert total <= 16_000_000, f"bundled weights take {total:,} bytes; the budget is 16 MB"
+
+
 def test_prior_fine_tuning_starts_from_the_given_models_prior(images, tmp_path, tiny_model_path):
     from vqcodec.cli.training import train_prior_command
 

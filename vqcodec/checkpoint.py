@@ -40,6 +40,7 @@ FORMAT = "vqcodec"
 _RESERVED = ("format", "vqvae_config", "prior_config")
 # Wrappers that prefix state_dict keys: DDP adds "module.", torch.compile "_orig_mod."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_REBUILT = ".embed_sum"  # VectorQuantizer rebuilds it on load from the codebook and cluster sizes
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -64,7 +65,7 @@ def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
-               metadata: dict[str, str] | None = None) -> None:
+               metadata: dict[str, str] | None = None, compact: bool = False) -> None:
     """Write VQ-VAE (+ prior) weights and configs to one safetensors file, atomically.
 
     Args:
@@ -72,6 +73,8 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         vqvae: the VQ-VAE, possibly wrapped in DDP / torch.compile.
         prior: the prior (possibly wrapped), or None for a VQ-VAE-only file.
         metadata: extra string metadata (model card fields, training info).
+        compact: leave out what `load_model` rebuilds (the EMA quantizers' embed_sum, as large as
+            the codebooks), as the bundled models do; training resumes from such a file all the same.
     Raises:
         ValueError: metadata uses a reserved key or a non-string value.
     """
@@ -85,7 +88,7 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
     meta = {"format": FORMAT, "vqvae_config": json.dumps(vqvae_plain.config.to_dict()), **extra}
     # Copies on the CPU: safetensors refuses tensors that share storage.
     tensors = {f"vqvae.{k}": v.detach().to("cpu", copy=True).contiguous()
-               for k, v in clean_state_dict(vqvae).items()}
+               for k, v in clean_state_dict(vqvae).items() if not (compact and k.endswith(_REBUILT))}
     if prior is not None:
         meta["prior_config"] = json.dumps(unwrap(prior).config.to_dict())
         tensors.update({f"prior.{k}": v.detach().to("cpu", copy=True).contiguous()

@@ -11,7 +11,7 @@ forward are pure functions of the weights (what compression relies on).
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -238,9 +238,21 @@ class VectorQuantizer(nn.Module):
         """EMA of cluster sizes (K,) and vector sums (K, D); codes = sums / smoothed sizes."""
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
-        self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        self.codebook.copy_(self.embed_sum / self._smoothed_sizes(self.cluster_size).unsqueeze(1))
+
+    def _smoothed_sizes(self, cluster_size: Tensor) -> Tensor:
+        """Laplace-smoothed cluster sizes (K,): the EMA codes are embed_sum / these."""
+        n = cluster_size.sum()
+        return (cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Compact model files (checkpoint.save_model(compact=True)) leave out embed_sum: only EMA
+        # training reads it, and it is codebook * smoothed sizes, so it is rebuilt here.
+        key, codes, sizes = (prefix + n for n in ("embed_sum", "codebook", "cluster_size"))
+        if self.ema and key not in state_dict and codes in state_dict and sizes in state_dict:
+            smoothed = self._smoothed_sizes(state_dict[sizes].float())
+            state_dict[key] = state_dict[codes].float() * smoothed.unsqueeze(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _remember(self, flat: Tensor) -> None:
         """Write up to a quarter of the pool with random vectors of this batch (ring buffer)."""
