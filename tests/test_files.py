@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from vqcodec.files import write_atomically
@@ -27,3 +30,19 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_sibling(tmp_path):
         write_atomically(target, half_then_fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_written_file_gets_the_permissions_a_plain_write_would_give(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        fresh = tmp_path / "fresh.bin"
+        write_atomically(fresh, lambda tmp: tmp.write_bytes(b"x"))
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # not mkstemp's private 0o600
+
+        kept = tmp_path / "kept.bin"
+        kept.write_bytes(b"old")
+        kept.chmod(0o604)
+        write_atomically(kept, lambda tmp: tmp.write_bytes(b"new"))
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o604  # a replaced file keeps its own
+    finally:
+        os.umask(umask)
