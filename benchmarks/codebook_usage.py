@@ -18,6 +18,7 @@ import torch
 from vqcodec.codec import Codec
 from vqcodec.image import open_image
 from vqcodec.models import list_models
+from vqcodec.rd import list_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "codebook_usage.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = list_images(args.data)
     report = {"data": str(args.data.name), "images": len(images), "levels": "bottom first", "models": {}}
     for name in list_models():
         report["models"][name] = usage(Codec.load(name), images)

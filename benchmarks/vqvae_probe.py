@@ -21,9 +21,10 @@ import torch
 
 from vqcodec.checkpoint import load_model
 from vqcodec.image import open_image, to_tensor, to_uint8
-from vqcodec.metrics import psnr
 from vqcodec.errors import VQCodecError
+from vqcodec.metrics import psnr
 from vqcodec.models import resolve
+from vqcodec.rd import list_images
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 
@@ -62,9 +63,9 @@ def main(model: str, data: Path, limit: int | None) -> None:
     torch.set_num_threads(1)
     try:
         _, model_file = resolve(model)
-    except VQCodecError as err:
+        images = list_images(data)[:limit]
+    except (VQCodecError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
-    images = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
     print(json.dumps(probe(model_file, images), indent=2))
 
 

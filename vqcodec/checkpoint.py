@@ -34,13 +34,13 @@ from torch import nn
 from vqcodec.errors import ModelNotFoundError
 from vqcodec.files import write_atomically
 from vqcodec.prior import PriorConfig, SymbolPrior
+from vqcodec.quantize import VectorQuantizer
 from vqcodec.vqvae import VQVAE2, VQVAE2Config
 
 FORMAT = "vqcodec"
 _RESERVED = ("format", "vqvae_config", "prior_config")
 # Wrappers that prefix state_dict keys: DDP adds "module.", torch.compile "_orig_mod."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_REBUILT = ".embed_sum"  # VectorQuantizer rebuilds it on load from the codebook and cluster sizes
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -88,7 +88,8 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
     meta = {"format": FORMAT, "vqvae_config": json.dumps(vqvae_plain.config.to_dict()), **extra}
     # Copies on the CPU: safetensors refuses tensors that share storage.
     tensors = {f"vqvae.{k}": v.detach().to("cpu", copy=True).contiguous()
-               for k, v in clean_state_dict(vqvae).items() if not (compact and k.endswith(_REBUILT))}
+               for k, v in clean_state_dict(vqvae).items()
+               if not (compact and k.rsplit(".", 1)[-1] in VectorQuantizer.REBUILT_ON_LOAD)}
     if prior is not None:
         meta["prior_config"] = json.dumps(unwrap(prior).config.to_dict())
         tensors.update({f"prior.{k}": v.detach().to("cpu", copy=True).contiguous()

@@ -89,6 +89,9 @@ class VectorQuantizer(nn.Module):
         dead_after: re-seed codes unused for this many training steps (0 disables).
     """
 
+    # Buffers a model file may leave out (checkpoint.save_model(compact=True)): loading rebuilds them.
+    REBUILT_ON_LOAD = ("embed_sum",)
+
     codebook: Tensor  # (K, D): a buffer with EMA, a parameter without
     cluster_size: Tensor  # (K,) EMA of assignment counts (EMA only)
     embed_sum: Tensor  # (K, D) EMA of assigned vector sums (EMA only)
@@ -246,8 +249,8 @@ class VectorQuantizer(nn.Module):
         return (cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Compact model files (checkpoint.save_model(compact=True)) leave out embed_sum: only EMA
-        # training reads it, and it is codebook * smoothed sizes, so it is rebuilt here.
+        # embed_sum (REBUILT_ON_LOAD): only EMA training reads it, and it is codebook * smoothed
+        # sizes, so a compact file need not carry it.
         key, codes, sizes = (prefix + n for n in ("embed_sum", "codebook", "cluster_size"))
         if self.ema and key not in state_dict and codes in state_dict and sizes in state_dict:
             smoothed = self._smoothed_sizes(state_dict[sizes].float())
