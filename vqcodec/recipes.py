@@ -94,7 +94,7 @@ RECIPES: dict[str, Recipe] = {
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
     "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=9050, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=6400, prior_crop=256,
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=8200, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=24950, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=11500, refine_blocks=8)),
