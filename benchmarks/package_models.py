@@ -167,7 +167,7 @@ def decoder_lines(name: str, run: Path, blocks_before: int | None = None) -> lis
     gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
     if not blocks_before:
         grown = f"{cfg['refine_blocks']} identity-initialised residual blocks added to the decoder trunk"
-    elif blocks_before == cfg["refine_blocks"]:  # more training only: the weights budget had no room to grow
+    elif blocks_before == cfg["refine_blocks"]:  # a stage of more training, no new blocks
         grown = f"the decoder trunk kept at its {blocks_before} refine blocks"
     else:
         grown = (f"the decoder trunk grown from {blocks_before} to {cfg['refine_blocks']} refine blocks, the new ones "
@@ -227,8 +227,8 @@ def refine_blocks_before(name: str, run: Path, training: list[str]) -> int | Non
     ours = decoder_lines(name, run)[1:]  # this run's log line follows its stage line (a repackaging)
     blocks = None
     for line, after in zip(training, [*training[1:], None]):
-        found = re.match(r"- Decoder stage: (?:(\d+) identity-initialised|the decoder trunk (?:grown from \d+ to|kept at "
-                         r"its) (\d+))", line)
+        found = re.match(r"- Decoder stage: (?:(\d+) identity-initialised"
+                         r"|the decoder trunk (?:grown from \d+ to|kept at its) (\d+))", line)
         if found and after not in ours:
             blocks = int(found.group(1) or found.group(2))
     return blocks
