@@ -11,8 +11,9 @@ they are. The decoder stages of vqc-3 and vqc-4 ran twice (4 refine blocks for 3
 8,500 and 7,500 more); those of vqc-1 and vqc-2 too, with 4 blocks both times (2,000 steps, then
 8,500 more: the 16 MB weights budget had no room for more blocks); each recipe is one stage of the
 total. The shipped priors were also fine-tuned again on the same symbols after the decoder stage;
-`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never change); where a fine-tuning trained one decode order only (`--order`),
-it counts the steps of the order that saw the most, since a rebuild trains both orders together.
+`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never change);
+where a fine-tuning trained one decode order only (`--order`), it counts the steps of the order that
+saw the most, since a rebuild trains both orders together.
 The fast orders of vqc-3 and vqc-4 were rebuilt with more groups and depth on the way (warm-started,
 see their cards).
 """
