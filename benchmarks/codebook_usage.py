@@ -17,6 +17,7 @@ import torch
 
 from vqcodec.codec import Codec
 from vqcodec.image import open_image
+from vqcodec.metrics import histogram_entropy
 from vqcodec.models import list_models
 from vqcodec.rd import list_images
 
@@ -31,10 +32,8 @@ def usage(codec: Codec, images: list[Path]) -> list[dict[str, float]]:
             counts[level] += np.bincount(symbols.reshape(-1).numpy(), minlength=sizes[level])
     stats = []
     for count in counts:
-        p = count / count.sum()
-        entropy_bits = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
         stats.append({"codebook_size": int(count.size), "in_use": float((count > 0).mean()),
-                      "perplexity": float(2**entropy_bits), "symbols": int(count.sum())})
+                      "perplexity": float(2 ** histogram_entropy(count)), "symbols": int(count.sum())})
     return stats
 
 

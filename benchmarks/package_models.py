@@ -153,25 +153,22 @@ def stage_run(run: Path, stage: str) -> tuple[dict, list[dict], int] | None:
     return json.loads(config_file.read_text()), log, max((r.get("step", 0) for r in log), default=0)
 
 
-def decoder_lines(name: str, run: Path, blocks_before: int | None = None) -> list[str]:
-    """The decoder stage of the card's Training section (empty when the run has none).
-
-    blocks_before: refine blocks the shipped decoder already had (a second decoder stage grows it).
-    """
+def decoder_lines(name: str, run: Path) -> list[str]:
+    """The decoder stage of the card's Training section (empty when the run has none)."""
     stage = stage_run(run, "decoder")
     if stage is None:
         return []
     cfg, log, steps = stage
+    before, after = refine_blocks(run, "source_vqvae_config.json"), refine_blocks(run, "vqvae_config.json")
     minutes = train_minutes(log, lambda step: cfg["batch_size"])
     val = [r["val_psnr"] for r in log if "val_psnr" in r]
     gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
-    if not blocks_before:
-        grown = f"{cfg['refine_blocks']} identity-initialised residual blocks added to the decoder trunk"
-    elif blocks_before == cfg["refine_blocks"]:  # a stage of more training, no new blocks
-        grown = f"the decoder trunk kept at its {blocks_before} refine blocks"
+    if not before:
+        grown = f"{after} identity-initialised residual blocks added to the decoder trunk"
+    elif before == after:  # a stage of more training, no new blocks
+        grown = f"the decoder trunk kept at its {after} refine blocks"
     else:
-        grown = (f"the decoder trunk grown from {blocks_before} to {cfg['refine_blocks']} refine blocks, the new ones "
-                 "identity-initialised")
+        grown = f"the decoder trunk grown from {before} to {after} refine blocks, the new ones identity-initialised"
     return [
         f"- Decoder stage: {grown}, "
         f"then the decoder side alone trained {steps} steps of batch {cfg['batch_size']} on {cfg['crop']}x{cfg['crop']} "
@@ -214,24 +211,24 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
                 for line in old[old.index("## Training") + 1 :]]
     ours = prior_validation_line(run)
     shipped = last_validation([line for line in training if line != ours])
-    blocks = refine_blocks_before(name, run, training)
-    added = decoder_lines(name, run, blocks) + prior_again_lines(name, run, shipped)
+    added = decoder_lines(name, run) + prior_again_lines(name, run, shipped)
     rewritten = {_RECIPE_STEPS.sub("", line) for line in added}
     training = [line for line in training if line not in rewritten]
     lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training, *added]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
 
 
-def refine_blocks_before(name: str, run: Path, training: list[str]) -> int | None:
-    """Refine blocks of the shipped decoder, from the card's earlier decoder-stage lines."""
-    ours = decoder_lines(name, run)[1:]  # this run's log line follows its stage line (a repackaging)
-    blocks = None
-    for line, after in zip(training, [*training[1:], None]):
-        found = re.match(r"- Decoder stage: (?:(\d+) identity-initialised"
-                         r"|the decoder trunk (?:grown from \d+ to|kept at its) (\d+))", line)
-        if found and after not in ours:
-            blocks = int(found.group(1) or found.group(2))
-    return blocks
+def refine_blocks(run: Path, config_name: str) -> int:
+    """Decoder refine blocks in one of the decoder run's model configs.
+
+    train-decoder writes source_vqvae_config.json (the model it started from) and vqvae_config.json
+    (the model it trains): the two counts tell whether the stage grew the decoder.
+    """
+    config = run / "decoder" / config_name
+    if not config.exists():
+        raise SystemExit(f"{config} is missing: write there the config of the model the decoder run "
+                         "started from (runs from before train-decoder recorded it)")
+    return json.loads(config.read_text()).get("refine_blocks", 0)
 
 
 def last_validation(lines: list[str]) -> dict | None:

@@ -22,17 +22,11 @@ import torch
 from vqcodec.checkpoint import load_model
 from vqcodec.image import open_image, to_tensor, to_uint8
 from vqcodec.errors import VQCodecError
-from vqcodec.metrics import psnr
+from vqcodec.metrics import histogram_entropy, psnr
 from vqcodec.models import resolve
 from vqcodec.rd import list_images
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
-
-
-def entropy_bits(counts: np.ndarray) -> float:
-    """Total bits of a memoryless code for symbols with these counts."""
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum() * counts.sum())
 
 
 @torch.no_grad()
@@ -48,7 +42,7 @@ def probe(model_file: Path, images: list[Path]) -> dict:
         pixels += info.height * info.width
         for level, s in enumerate(symbols):
             counts[level] += np.bincount(s.reshape(-1).numpy(), minlength=counts[level].size)
-    bound = [entropy_bits(c) / pixels for c in counts]
+    bound = [histogram_entropy(c) * c.sum() / pixels for c in counts]  # a memoryless code's bits
     return {"model": str(model_file), "images": len(images), "psnr": float(np.mean(psnrs)),
             "entropy_bpp_per_level": bound, "entropy_bpp": sum(bound)}
 

@@ -67,3 +67,12 @@ def test_ms_ssim_db_and_bpp():
     assert metrics.bpp(96, 16, 8) == 6.0  # 768 bits over 128 pixels
     with pytest.raises(ValueError):
         metrics.bpp(1, 0, 8)
+
+
+def test_histogram_entropy_ignores_unused_codes():
+    assert metrics.histogram_entropy(np.array([5, 5, 5, 5, 0, 0])) == pytest.approx(2.0)  # 4 codes used evenly
+    assert metrics.histogram_entropy(np.array([0, 7, 0])) == 0.0
+    three_to_one = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    assert metrics.histogram_entropy(np.array([3, 1])) == pytest.approx(three_to_one)
+    with pytest.raises(ValueError):
+        metrics.histogram_entropy(np.zeros(4, dtype=np.int64))

@@ -366,6 +366,9 @@ def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(im
     val = records(tmp_path / "dec" / "decoder_log.jsonl", "val")  # the log starts with the untouched model
     assert [r["step"] for r in val] == [0, 40] and val[1]["val_psnr"] > val[0]["val_psnr"]
     assert after.config.refine_blocks == 1 and meta["stage"] == "decoder"
+    # The run records the model it started from (a model card tells growth from more training by it).
+    source = VQVAE2Config.from_dict(json.loads((tmp_path / "dec" / "source_vqvae_config.json").read_text()))
+    assert source == before.config and source.refine_blocks == 0
     x = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) / 255.0 for i in range(12)])
     # Encoder side and prior are untouched: every image keeps its symbols and their probabilities ...
     symbols = before.encode(x)

@@ -86,3 +86,16 @@ def bpp(size_bytes: int, width: int, height: int) -> float:
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     return 8.0 * size_bytes / (width * height)
+
+
+def histogram_entropy(counts: np.ndarray) -> float:
+    """Entropy in bits per symbol of the symbol frequencies `counts` (unused symbols ignored).
+
+    2**entropy is a codebook's perplexity; entropy times the symbol count is what a memoryless
+    coder would need for them.
+    """
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("counts must contain at least one symbol")
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum())

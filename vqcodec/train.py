@@ -12,7 +12,8 @@ Chunked runs:    max_minutes=9, resume=True: each call continues from out/state.
 Outputs in `out`:
     vqvae.safetensors / model.safetensors   weights + configs (checkpoint.save_model)
     vqvae_config.json / prior_config.json   the model config as JSON
-    train_config.json / prior_train_config.json
+    train_config.json / prior_train_config.json / decoder_train_config.json
+    source_vqvae_config.json                the model a decoder stage started from
     state.pt / prior_state.pt               resumable training state
     log.jsonl / prior_log.jsonl             one JSON object per log / validation event
 """
@@ -467,7 +468,10 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
 def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
     source, prior, _ = load_model(cfg.model)
     vqvae = grown_vqvae(source, cfg.refine_blocks)
+    # source_vqvae_config.json: the model the stage started from, so that a model card can say
+    # whether the stage grew the decoder or only trained it further.
     out = prepare_out(Path(cfg.out), rt, {"decoder_train_config.json": cfg.to_dict(),
+                                           "source_vqvae_config.json": source.config.to_dict(),
                                            "vqvae_config.json": vqvae.config.to_dict()})
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
