@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import tiny_model
 from vqcodec.checkpoint import (load_model, load_state, rng_state, save_model, save_state, set_rng_state,
@@ -135,3 +136,33 @@ def test_a_compact_file_leaves_out_embed_sum_and_loading_rebuilds_it(tmp_path):
         assert not torch.allclose(original.cluster_size, torch.ones_like(original.cluster_size))
         assert torch.equal(original.codebook, rebuilt.codebook)
         torch.testing.assert_close(rebuilt.embed_sum, original.embed_sum, rtol=1e-5, atol=1e-6)
+
+
+def test_an_int8_prior_is_stored_in_8_bits_and_loads_within_a_step_of_its_scale(tmp_path, models):
+    vqvae, prior = models
+    full, small = tmp_path / "full.safetensors", tmp_path / "int8.safetensors"
+    save_model(full, vqvae, prior)
+    save_model(small, vqvae, prior, int8=("prior",))
+    with safe_open(str(small), framework="pt") as f:
+        stored, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    scaled = [k[: -len(":int8_scale")] for k in stored if k.endswith(":int8_scale")]
+    assert scaled and all(k.startswith("prior.") and stored[k].dtype == torch.int8 for k in scaled)
+    assert all(stored[k].dtype == torch.float32 for k in stored if k.startswith("vqvae.") and stored[k].dim() >= 2)
+    prior_bytes = sum(v.numel() * v.element_size() for v in prior.state_dict().values())  # float32
+    assert small.stat().st_size < full.stat().st_size - 0.6 * prior_bytes  # 1 byte a weight, not 4 (+ scales)
+    vqvae2, prior2, _ = load_model(small)
+    original = prior.state_dict()
+    for key, value in prior2.state_dict().items():
+        if f"prior.{key}" in scaled:  # off by at most half a step of its row's scale
+            step = original[key].reshape(value.shape[0], -1).abs().amax(1) / 127
+            error = (value - original[key]).reshape(value.shape[0], -1).abs().amax(1)
+            assert torch.all(error <= 0.51 * step + 1e-6)
+        else:
+            assert torch.equal(value, original[key])
+    x = torch.rand(1, 3, 16, 24)
+    assert all(torch.equal(a, b) for a, b in zip(vqvae.encode(x), vqvae2.encode(x)))  # the VQ-VAE is untouched
+    # A scale whose weight is missing is a malformed file, not a traceback.
+    del stored[scaled[0]]
+    save_file(stored, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(ModelNotFoundError, match="8-bit"):
+        load_model(tmp_path / "bad.safetensors")
