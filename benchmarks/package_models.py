@@ -210,10 +210,10 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
     of its own. A kept line equal to one this run writes (the same run packaged again) is dropped.
     """
     old = (MODELS / f"{name}.md").read_text().split("\n## Measured on Kodak")[0].rstrip("\n").split("\n")
-    # The recipe's prior_steps now include the fine-tunings below; the kept line predates them.
-    training = [_RECIPE_STEPS.sub("", re.sub(r"the recipe's \d+ for a from-scratch rebuild",
-                                              "before the fine-tuning below", line))
-                for line in old[old.index("## Training") + 1 :]]
+    training = old[old.index("## Training") + 1 :]
+    if stage_run(run, "prior") is not None:  # the recipe's prior_steps now include this run's steps too
+        training = [_RECIPE_STEPS.sub("", re.sub(r"the recipe's \d+ for a from-scratch rebuild",
+                                                  "before the fine-tuning below", line)) for line in training]
     ours = prior_validation_line(run)
     shipped = last_validation([line for line in training if line != ours])
     added = decoder_lines(name, run) + prior_again_lines(name, run, shipped)
