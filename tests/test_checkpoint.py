@@ -166,3 +166,5 @@ def test_an_int8_prior_is_stored_in_8_bits_and_loads_within_a_step_of_its_scale(
     save_file(stored, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(ModelNotFoundError, match="8-bit"):
         load_model(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="int8"):
+        save_model(tmp_path / "x.safetensors", vqvae, prior, int8=("decoder",))

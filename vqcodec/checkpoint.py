@@ -83,8 +83,10 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         int8: parts ("vqvae", "prior") whose weight matrices and kernels are stored in 8 bits with a
             scale per output row (`quantize_rows`); the bundled models store their priors so.
     Raises:
-        ValueError: metadata uses a reserved key or a non-string value.
+        ValueError: metadata uses a reserved key or a non-string value, or `int8` names another part.
     """
+    if set(int8) - {"vqvae", "prior"}:
+        raise ValueError(f"int8 takes the parts 'vqvae' and 'prior', got {sorted(int8)}")
     extra = dict(metadata or {})
     clash = set(extra) & set(_RESERVED)
     if clash:
