@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 
 from vqcodec import recipes
-from vqcodec.checkpoint import load_model, save_model
+from vqcodec.checkpoint import INT8_SCALE, load_model, save_model
 from vqcodec.models import BUNDLED, DEFAULT
 from vqcodec.vqvae import VQVAE2
 
@@ -231,8 +231,8 @@ def refine_blocks(run: Path, config_name: str) -> int:
     """
     config = run / "decoder" / config_name
     if not config.exists():
-        raise SystemExit(f"{config} is missing: write there the config of the model the decoder run "
-                         "started from (runs from before train-decoder recorded it)")
+        raise SystemExit(f"{config} is missing: train-decoder writes it when a run starts; for a run older "
+                         "than source_vqvae_config.json, write there the config of the model it started from")
     return json.loads(config.read_text()).get("refine_blocks", 0)
 
 
@@ -303,15 +303,16 @@ def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
 
 
 def architecture_lines(name: str) -> list[str]:
-    vqvae, prior, _ = load_model(MODELS / BUNDLED[name])
+    """The card's Architecture section: the configs and the storage, read from the shipped file."""
     with safe_open(str(MODELS / BUNDLED[name]), framework="pt") as f:
-        int8_prior = any(k.startswith("prior.") and k.endswith(":int8_scale") for k in f.keys())
+        meta = f.metadata()
+        int8_prior = any(k.startswith("prior.") and k.endswith(INT8_SCALE) for k in f.keys())
     storage = ("VQ-VAE weights stored in fp16; the prior's weight matrices and kernels in 8 bits with an fp16 "
                "scale per row, its biases in fp16; all computed in float32." if int8_prior
                else "Weights stored in fp16, computed in float32.")
     return [
-        f"- VQ-VAE-2 config: `{json.dumps(vqvae.config.to_dict())}`",
-        f"- Prior config (PixelCNN raster order + grouped fast order): `{json.dumps(prior.config.to_dict())}`",
+        f"- VQ-VAE-2 config: `{meta['vqvae_config']}`",
+        f"- Prior config (PixelCNN raster order + grouped fast order): `{meta['prior_config']}`",
         f"- {storage}",
     ]
 

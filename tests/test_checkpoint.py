@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import tiny_model
-from vqcodec.checkpoint import (load_model, load_state, rng_state, save_model, save_state, set_rng_state,
-                                unwrap, weights_digest)
+from vqcodec.checkpoint import (INT8_SCALE, load_model, load_state, rng_state, save_model, save_state,
+                                set_rng_state, unwrap, weights_digest)
 from vqcodec.errors import ModelNotFoundError
 
 
@@ -145,7 +145,7 @@ def test_an_int8_prior_is_stored_in_8_bits_and_loads_within_a_step_of_its_scale(
     save_model(small, vqvae, prior, int8=("prior",))
     with safe_open(str(small), framework="pt") as f:
         stored, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    scaled = [k[: -len(":int8_scale")] for k in stored if k.endswith(":int8_scale")]
+    scaled = [k[: -len(INT8_SCALE)] for k in stored if k.endswith(INT8_SCALE)]
     assert scaled and all(k.startswith("prior.") and stored[k].dtype == torch.int8 for k in scaled)
     assert all(stored[k].dtype == torch.float32 for k in stored if k.startswith("vqvae.") and stored[k].dim() >= 2)
     prior_bytes = sum(v.numel() * v.element_size() for v in prior.state_dict().values())  # float32

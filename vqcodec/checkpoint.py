@@ -44,7 +44,7 @@ FORMAT = "vqcodec"
 _RESERVED = ("format", "vqvae_config", "prior_config")
 # Wrappers that prefix state_dict keys: DDP adds "module.", torch.compile "_orig_mod."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_INT8_SCALE = ":int8_scale"  # ':' cannot occur in a state_dict key, so the name never clashes
+INT8_SCALE = ":int8_scale"  # suffix of an 8-bit weight's scales; ':' never occurs in a state_dict key
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -105,7 +105,7 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
                         for k, v in clean_state_dict(prior).items()})
     for key in [k for k in tensors if k.split(".", 1)[0] in int8]:
         if tensors[key].is_floating_point() and tensors[key].dim() >= 2:
-            tensors[key], tensors[key + _INT8_SCALE] = quantize_rows(tensors[key])
+            tensors[key], tensors[key + INT8_SCALE] = quantize_rows(tensors[key])
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -128,12 +128,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise ModelNotFoundError(f"{path} is not a safetensors file: {err}") from None
+    if meta.get("format") != FORMAT or "vqvae_config" not in meta:
+        raise ModelNotFoundError(f"{path} is not a vqcodec model file (no vqvae_config metadata)")
     try:
         tensors = _dequantized(tensors)
     except (KeyError, RuntimeError) as err:  # a scale without its weight, or shapes that disagree
         raise ModelNotFoundError(f"{path} has a malformed 8-bit weight: {err}") from None
-    if meta.get("format") != FORMAT or "vqvae_config" not in meta:
-        raise ModelNotFoundError(f"{path} is not a vqcodec model file (no vqvae_config metadata)")
     vqvae = VQVAE2(VQVAE2Config.from_dict(json.loads(meta["vqvae_config"])))
     vqvae.load_state_dict(_with_prefix(tensors, "vqvae."), strict=True)
     prior = None
@@ -158,9 +158,9 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensors with every int8-stored weight multiplied back by its row scales (float32)."""
-    out = {k: v for k, v in tensors.items() if not k.endswith(_INT8_SCALE)}
-    for key in (k[: -len(_INT8_SCALE)] for k in tensors if k.endswith(_INT8_SCALE)):
-        codes, scale = tensors[key], tensors[key + _INT8_SCALE].float()
+    out = {k: v for k, v in tensors.items() if not k.endswith(INT8_SCALE)}
+    for key in (k[: -len(INT8_SCALE)] for k in tensors if k.endswith(INT8_SCALE)):
+        codes, scale = tensors[key], tensors[key + INT8_SCALE].float()
         out[key] = (codes.float().reshape(codes.shape[0], -1) * scale).reshape(codes.shape)
     return out
 
