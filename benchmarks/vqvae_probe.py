@@ -8,6 +8,11 @@ reports the mean PSNR of the 8-bit result together with each level's *unconditio
 bits per pixel: the rate a memoryless coder would need. A trained prior codes the bundled models'
 symbols in 55–70 % of that bound, so the bound tells early whether a design can land at the rate
 it is meant for, and the PSNR whether it could beat JPEG there, before an hour of prior training.
+
+It also decodes the encoder's vectors before quantization: first the bottom level's (the upper
+levels quantized as usual), then every level's. That PSNR is the ceiling of any finer quantization
+of those levels (a larger codebook, residual or product VQ) with this encoder and decoder: when it
+is close to the nearest-code PSNR, more bits need a retrained autoencoder, not a finer quantizer.
 """
 
 from __future__ import annotations
@@ -33,17 +38,23 @@ KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 def probe(model_file: Path, images: list[Path]) -> dict:
     vqvae, _, _ = load_model(model_file)
     counts = [np.zeros(k, dtype=np.int64) for k in vqvae.config.codebook_size]
-    psnrs, pixels = [], 0
+    psnrs: dict[str, list[float]] = {"nearest": [], "unquantized_bottom": [], "unquantized": []}
+    pixels = 0
     for path in images:
         x, info = to_tensor(open_image(path))
-        symbols = vqvae.encode(x)
-        decoded = to_uint8(vqvae.decode(symbols, (info.height, info.width)))
-        psnrs.append(psnr(to_uint8(x), decoded))
+        size, original = (info.height, info.width), to_uint8(x)
+        vectors, symbols = vqvae.latent_vectors(x)  # symbols: the nearest codes, as `encode` gives
+        codes = [q.lookup(s) for q, s in zip(vqvae.quantizers, symbols)]
+        for name, maps in (("nearest", codes), ("unquantized_bottom", [vectors[0], *codes[1:]]),
+                           ("unquantized", vectors)):
+            psnrs[name].append(psnr(original, to_uint8(vqvae.decode_vectors(maps, size))))
         pixels += info.height * info.width
         for level, s in enumerate(symbols):
             counts[level] += np.bincount(s.reshape(-1).numpy(), minlength=counts[level].size)
     bound = [histogram_entropy(c) * c.sum() / pixels for c in counts]  # a memoryless code's bits
-    return {"model": str(model_file), "images": len(images), "psnr": float(np.mean(psnrs)),
+    return {"model": str(model_file), "images": len(images), "psnr": float(np.mean(psnrs["nearest"])),
+            "psnr_unquantized_bottom": float(np.mean(psnrs["unquantized_bottom"])),
+            "psnr_unquantized": float(np.mean(psnrs["unquantized"])),
             "entropy_bpp_per_level": bound, "entropy_bpp": sum(bound)}
 
 
