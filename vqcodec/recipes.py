@@ -7,9 +7,9 @@ model cards give the exact history, which resumed and fine-tuned runs); a GPU ru
 
 Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
 the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
-they are. The decoder stages of vqc-3 and vqc-4 ran three times (4 refine blocks for 3,000 steps,
+they are. The decoder stages of vqc-3 and vqc-4 ran four times (4 refine blocks for 3,000 steps,
 then 8 for 8,500 and 7,500 more, then 12 for 5,500 more, once 8-bit priors had made room in the
-16 MB weights budget); those of vqc-1 and vqc-2 twice, with 4 blocks both times (2,000 steps, then
+16 MB weights budget, then 16 for 6,800 more); those of vqc-1 and vqc-2 twice, with 4 blocks both times (2,000 steps, then
 8,500 more); each recipe is one stage of the total. The shipped priors were also fine-tuned again
 on the same symbols after the decoder stage; `prior_steps` counts all the prior steps they saw (order
 does not matter: the symbols never change); where a fine-tuning trained one decode order only
@@ -99,10 +99,10 @@ RECIPES: dict[str, Recipe] = {
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=8200, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=24950, prior_crop=128,
-                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=17000, refine_blocks=12)),
+                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=23800, refine_blocks=16)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR_X4,
                     vqvae_steps=2000, prior_steps=28365, prior_crop=128,
-                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=16000, refine_blocks=12)),
+                    vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=22800, refine_blocks=16)),
 }
 
 
