@@ -64,8 +64,7 @@ def package(name: str, vqvae_file: Path, prior_file: Path) -> Path:
     if prior_file != vqvae_file:
         prior_vqvae, prior, _ = load_model(prior_file)
         check_same_symbols(vqvae, prior_vqvae, vqvae_file, prior_file)
-    for module in (vqvae, prior):
-        module.half()
+    vqvae.half()  # the prior stays float32 here: save_model quantizes it to 8 bits from full precision
     target = MODELS / BUNDLED[name]
     keep = {k: v for k, v in meta.items() if k not in ("format", "vqvae_config", "prior_config")}
     save_model(target, vqvae, prior, metadata={**keep, "name": name}, compact=True, int8=("prior",))

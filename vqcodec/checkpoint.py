@@ -81,7 +81,8 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         compact: leave out what `load_model` rebuilds (the EMA quantizers' embed_sum, as large as
             the codebooks), as the bundled models do; training resumes from such a file all the same.
         int8: parts ("vqvae", "prior") whose weight matrices and kernels are stored in 8 bits with a
-            scale per output row (`quantize_rows`); the bundled models store their priors so.
+            scale per output row (`quantize_rows`), quantized from the weights as given, and whose
+            other floats (biases) are stored in fp16; the bundled models store their priors so.
     Raises:
         ValueError: metadata uses a reserved key or a non-string value, or `int8` names another part.
     """
@@ -106,6 +107,8 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
     for key in [k for k in tensors if k.split(".", 1)[0] in int8]:
         if tensors[key].is_floating_point() and tensors[key].dim() >= 2:
             tensors[key], tensors[key + INT8_SCALE] = quantize_rows(tensors[key])
+        elif tensors[key].is_floating_point():
+            tensors[key] = tensors[key].half()
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
