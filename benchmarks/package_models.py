@@ -198,7 +198,8 @@ def card(name: str, run: Path, results_dir: Path | None) -> str:
 
 
 # The sentence that ties the last prior line to the recipe; only the newest line keeps it.
-_RECIPE_STEPS = re.compile(r" The recipe's prior_steps \(\d+\) count these steps too\.")
+_RECIPE_STEPS = re.compile(r" The recipe's prior_steps \(\d+\) count (?:these steps too|the steps of the decode order "
+                           r"that saw the most in all)\.")
 
 
 def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
@@ -256,21 +257,25 @@ def prior_validation_line(run: Path) -> str | None:
 def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list[str]:
     """A prior fine-tuning run on top of the shipped model, as one Training line (empty when absent).
 
-    `shipped` is the shipped prior's validation record: the run's own first validation differs from
-    it when the run rebuilt the fast-order networks (`--prior-config` with other fast_layers /
-    fast_groups) and warm-started them from the shipped ones.
+    `shipped` is the shipped prior's validation record. When the run's own first validation has the
+    same raster-order rate (networks a run never rebuilds) it saw the same validation crops, and a
+    different fast-order rate means the run rebuilt the fast-order networks (`--prior-config` with
+    other fast_layers / fast_groups) and warm-started them from the shipped ones. Otherwise the run
+    validated on other crops, and its first validation is the starting point.
     """
     stage = stage_run(run, "prior")
     if stage is None:
         return []
     cfg, log, steps = stage
     val = [r for r in log if "val_bpp_fast" in r]
-    start = shipped or (val[0] if val else None)
-    change = (f" Held-out estimate {start['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast order), "
-              f"{start['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
+    same_crops = bool(shipped and val and abs(val[0]["val_bpp_raster"] - shipped["val_bpp_raster"]) <= 1e-3)
+    start = shipped if same_crops else (val[0] if val else None)
+    crops = "" if same_crops or not shipped else f" on this run's validation crops ({cfg['crop']}x{cfg['crop']})"
+    change = (f" Held-out estimate{crops} {start['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast "
+              f"order), {start['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
               if start and len(val) > 1 else "")
     rebuilt = ""
-    if start and val and abs(val[0]["val_bpp_fast"] - start["val_bpp_fast"]) > 1e-3:
+    if same_crops and abs(val[0]["val_bpp_fast"] - start["val_bpp_fast"]) > 1e-3:
         fast = {k: cfg["prior"][k] for k in ("fast_layers", "fast_groups") if k in cfg["prior"]}
         rebuilt = (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps(fast)}) and "
                    "warm-started from the shipped ones: embeddings, conditioning networks and heads carried "
@@ -284,7 +289,8 @@ def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list
             f"(`vqcodec train-prior --config {name} --vqvae DECODER_STAGE_MODEL --init-prior SHIPPED_MODEL`), about "
             f"{train_minutes(log, lambda step: cfg['batch_size']):.0f} minutes on the shared 2-core CPU."
             f"{one_order_note(runs, cfg.get('run_orders', [cfg.get('orders', [])]))}{rebuilt}{change} "
-            f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count these steps too.",
+            f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count the steps of the decode order "
+            "that saw the most in all.",
             prior_validation_line(run)]
 
 
