@@ -216,11 +216,19 @@ def card_with_history(name: str, run: Path, results_dir: Path | None) -> str:
                                                   "before the fine-tuning below", line)) for line in training]
     ours = prior_validation_line(run)
     shipped = last_validation([line for line in training if line != ours])
-    added = decoder_lines(name, run) + prior_again_lines(name, run, shipped)
+    added = decoder_lines(name, run) + prior_again_lines(name, run, shipped, card_prior_config(old))
     rewritten = {_RECIPE_STEPS.sub("", line) for line in added}
     training = [line for line in training if line not in rewritten]
     lines = [old[0], "", "## Architecture", *architecture_lines(name), "", "## Training", *training, *added]
     return "\n".join(lines + measured_lines(name, results_dir)) + "\n"
+
+
+def card_prior_config(lines: list[str]) -> dict | None:
+    """The prior config quoted in a card's Architecture section."""
+    for line in lines:
+        if line.startswith("- Prior config"):
+            return json.loads(re.search(r"`(\{.*\})`", line).group(1))
+    return None
 
 
 def refine_blocks(run: Path, config_name: str) -> int:
@@ -254,14 +262,15 @@ def prior_validation_line(run: Path) -> str | None:
     return f"- Validation after this fine-tuning: `{json.dumps(val[-1] if val else {})}`"
 
 
-def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list[str]:
+def prior_again_lines(name: str, run: Path, shipped: dict | None = None,
+                      shipped_prior: dict | None = None) -> list[str]:
     """A prior fine-tuning run on top of the shipped model, as one Training line (empty when absent).
 
     `shipped` is the shipped prior's validation record. When the run's own first validation has the
-    same raster-order rate (networks a run never rebuilds) it saw the same validation crops, and a
-    different fast-order rate means the run rebuilt the fast-order networks (`--prior-config` with
-    other fast_layers / fast_groups) and warm-started them from the shipped ones. Otherwise the run
-    validated on other crops, and its first validation is the starting point.
+    same raster-order rate (networks a run never rebuilds) it saw the same validation crops.
+    Otherwise the run validated on other crops, and its first validation is the starting point.
+    `shipped_prior` is the shipped prior's config: a run whose fast-order fields differ rebuilt
+    those networks (`--prior-config`) and warm-started them from the shipped ones.
     """
     stage = stage_run(run, "prior")
     if stage is None:
@@ -274,13 +283,9 @@ def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list
     change = (f" Held-out estimate{crops} {start['val_bpp_fast']:.4f} -> {val[-1]['val_bpp_fast']:.4f} bpp (fast "
               f"order), {start['val_bpp_raster']:.4f} -> {val[-1]['val_bpp_raster']:.4f} bpp (raster order)."
               if start and len(val) > 1 else "")
-    rebuilt = ""
-    if same_crops and abs(val[0]["val_bpp_fast"] - start["val_bpp_fast"]) > 1e-3:
-        fast = {k: cfg["prior"][k] for k in ("fast_layers", "fast_groups") if k in cfg["prior"]}
-        rebuilt = (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps(fast)}) and "
-                   "warm-started from the shipped ones: embeddings, conditioning networks and heads carried "
-                   f"over, new residual units started as the identity (fast order {val[0]['val_bpp_fast']:.4f} "
-                   "bpp at the warm start).")
+    run_prior = run / "prior" / "prior_config.json"
+    rebuilt = fast_rebuild_note(json.loads(run_prior.read_text()) if run_prior.exists() else None,
+                                shipped_prior, val[0]["val_bpp_fast"] if val else None)
     runs = cfg.get("runs", [steps])  # back-to-back runs, each from the last one's prior
     chained = (f" in {len(runs)} runs of {' + '.join(map(str, runs))} steps, each with its own warm-up and cosine,"
                if len(runs) > 1 else "")
@@ -292,6 +297,32 @@ def prior_again_lines(name: str, run: Path, shipped: dict | None = None) -> list
             f"The recipe's prior_steps ({recipes.get(name).prior_steps}) count the steps of the decode order "
             "that saw the most in all.",
             prior_validation_line(run)]
+
+
+_FAST_FIELDS = ("fast_layers", "fast_groups", "fast_channels")
+
+
+def fast_rebuild_note(run_prior: dict | None, shipped_prior: dict | None, warm_start_bpp: float | None) -> str:
+    """How a prior run rebuilt the shipped fast-order networks, as a sentence ('' if it kept them)."""
+    if not (run_prior and shipped_prior):
+        return ""
+
+    def fast(config: dict) -> dict:
+        return {"fast_layers": config.get("fast_layers"), "fast_groups": config.get("fast_groups"),
+                "fast_channels": config.get("fast_channels") or config["channels"]}  # 0: as wide as raster
+
+    mine, theirs = fast(run_prior), fast(shipped_prior)
+    changed = [k for k in _FAST_FIELDS if mine[k] != theirs[k]]
+    if not changed:
+        return ""
+    how = ("embeddings, conditioning networks and heads carried over, the input projections started fresh"
+           if "fast_groups" in changed else
+           "they computed the shipped logits at the start, new residual units being the identity and new "
+           "channels having zero weights into the old ones")
+    start = f" (fast order {warm_start_bpp:.4f} bpp at the warm start)" if warm_start_bpp is not None else ""
+    return (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps({k: mine[k] for k in changed})},"
+            f" shipped {json.dumps({k: theirs[k] for k in changed})}) and warm-started from the shipped ones: "
+            f"{how}{start}.")
 
 
 def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:

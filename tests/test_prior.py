@@ -190,6 +190,7 @@ def test_loss_decreases_on_a_repeated_batch(order):
 def test_config_round_trip_and_defaults():
     config = PriorConfig(codebook_size=(512, 256, 128), upsample=(2, 2))
     assert config.fast_groups == (2, 2, 4) and config.levels == 3
+    assert config.fast_width == config.channels and PriorConfig((16, 8), (2,), fast_channels=96).fast_width == 96
     again = PriorConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and isinstance(again.upsample, tuple)
     with pytest.raises(ValueError, match="unknown"):
@@ -198,6 +199,8 @@ def test_config_round_trip_and_defaults():
         PriorConfig(codebook_size=(16, 8), upsample=())
     with pytest.raises(ValueError):
         PriorConfig(codebook_size=(16, 8), upsample=(2,), fast_groups=(3, 4))
+    with pytest.raises(ValueError, match="fast_channels"):
+        PriorConfig(codebook_size=(16, 8), upsample=(2,), fast_channels=-1)
 
 
 def test_bad_arguments_raise(prior):

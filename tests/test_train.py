@@ -300,6 +300,32 @@ def test_a_deeper_fast_order_starts_from_the_trained_one():
         grown_prior(prior, dataclasses.replace(prior.config, channels=8), ("fast",))
 
 
+def test_a_wider_fast_order_computes_the_same_logits_and_trains_its_new_channels():
+    import dataclasses
+
+    from vqcodec.train import grown_prior
+
+    vqvae, prior = tiny_model()
+    deeper = grown_prior(prior, dataclasses.replace(prior.config, fast_layers=4), ("fast",))
+    for net in deeper.fast:  # trained-looking weights everywhere, the units and biases included
+        for param in net.parameters():
+            torch.nn.init.normal_(param, std=0.2)
+    symbols = vqvae.encode(torch.rand(2, 3, 48, 64))
+    width = deeper.config.fast_width
+    wider_config = dataclasses.replace(deeper.config, fast_channels=width + 6, fast_layers=5)
+    wider = grown_prior(deeper, wider_config, ("fast",))
+    assert wider.fast[0].embed.weight.shape[1] == width + 6 and wider.raster[0].embed.weight.shape[1] == width
+    for mine, theirs in zip(wider.logits(symbols, "fast"), deeper.logits(symbols, "fast")):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+
+    wider.loss(symbols, "fast").backward()  # the head's new inputs get gradient, so training grows them
+    for net in wider.fast:
+        assert net.head[-1].weight.grad[:, width:].abs().sum() > 0
+
+    with pytest.raises(ValueError, match="narrower"):
+        grown_prior(wider, deeper.config, ("fast",))
+
+
 def _json(tmp_path: Path, prior) -> str:
     """The tunable fields of `prior`'s config as a --prior-config file."""
     path = tmp_path / "prior.json"

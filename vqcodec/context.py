@@ -35,6 +35,55 @@ def _plus(x: Tensor, bias: Tensor | None) -> Tensor:
     return x if bias is None else x + bias
 
 
+def _input_axis(name: str, weight: Tensor) -> int | None:
+    """Axis of a weight that reads channels: 1 for convolutions, 0 for the transposed one, None otherwise."""
+    if weight.dim() != 4:
+        return None  # biases and embeddings read no channels
+    return 0 if name.startswith("condition.up.") else 1
+
+
+def _copy_corner(mine: Tensor, old: Tensor, input_axis: int | None) -> None:
+    """Copy `old` into the leading corner of `mine` (same rank, no side smaller); the old outputs'
+    weights on new input channels become zero, so the new channels do not change them."""
+    if input_axis is not None:
+        reads_new: list[slice] = [slice(None)] * mine.dim()
+        reads_new[1 - input_axis] = slice(0, old.shape[1 - input_axis])
+        reads_new[input_axis] = slice(old.shape[input_axis], None)
+        mine[tuple(reads_new)] = 0
+    mine[tuple(slice(0, n) for n in old.shape)] = old
+
+
+def _copy_input_projection(mine: Tensor, old: Tensor, side: int) -> None:
+    """The 1x1 input convolution reads unshuffled (embedding + mask) channels, channel-major:
+    column c * s * s + phase. Widening moves the mask channel from index C_old to C_new."""
+    if mine.dim() == 1:  # bias
+        mine[: old.shape[0]] = old
+        return
+    new_c, old_c = mine.shape[0], old.shape[0]
+    grid, old_grid = mine.view(new_c, new_c + 1, side * side), old.view(old_c, old_c + 1, side * side)
+    grid[:old_c] = 0
+    grid[:old_c, :old_c] = old_grid[:, :old_c]
+    grid[:old_c, new_c] = old_grid[:, old_c]
+
+
+def _copy_bias_projection(mine: Tensor, old: Tensor, new_c: int, old_c: int) -> None:
+    """cond_proj maps unshuffled conditioning (C * s * s columns, channel-major) to one C-wide bias
+    chunk per unit. Chunks of units the source has are copied into their corners; the rest are zero."""
+    new_units, old_units = mine.shape[0] // new_c, old.shape[0] // old_c
+    units = min(new_units, old_units)
+    if mine.dim() == 1:  # bias
+        chunks, old_chunks = mine.view(new_units, new_c), old.view(old_units, old_c)
+        chunks[units:] = 0
+        chunks[:units, :old_c] = old_chunks[:units]
+        return
+    phases = mine.shape[1] // new_c
+    chunks = mine.view(new_units, new_c, new_c, phases)
+    old_chunks = old.view(old_units, old_c, old_c, phases)
+    chunks[units:] = 0
+    chunks[:units, :old_c] = 0
+    chunks[:units, :old_c, :old_c] = old_chunks[:units]
+
+
 def _bottom_center(x: Tensor, height: int, width: int) -> Tensor:
     """Last `height` rows, centred `width` columns of x (..., H, W): the layer's output box."""
     left = (x.shape[-1] - width) // 2
@@ -224,7 +273,7 @@ class GroupedContextModel(nn.Module):
     def __init__(self, codebook_size: int, channels: int, layers: int, side: int, upsample: int | None,
                  context_codebook_size: int | None) -> None:
         super().__init__()
-        self.side = side
+        self.side, self.channels = side, channels
         self.order = group_order(side)
         units = max(layers - 2, 0)  # `layers` counts the input and output 1x1 convolutions too
         self.embed = nn.Embedding(codebook_size, channels)
@@ -239,25 +288,36 @@ class GroupedContextModel(nn.Module):
 
     @torch.no_grad()
     def warm_start(self, source: GroupedContextModel) -> None:
-        """Start from a trained model of another depth or group side, keeping what carries over.
+        """Start from a trained model of another depth, width or group side, keeping what carries over.
 
-        Every tensor whose shape agrees is copied. Residual units beyond the source's depth, and
-        their conditioning biases, start at zero, so a deeper copy computes the same logits (a
-        shallower one keeps the first units); with
-        another group side the input and conditioning projections stay fresh, while the
-        embedding, the ConditionNet and the head carry over.
+        - Deeper: residual units beyond the source's depth, and their conditioning biases, start
+          at zero (x + 0 = x); a shallower copy keeps the first units.
+        - Wider (more channels): every trained tensor fills the leading corner of its wider self.
+          Weights that feed the new channels into the old ones start at zero, so the copy computes
+          the same logits; those that produce new channels keep their fresh initialisation, so
+          that training reaches them.
+        - Another group side: the input and conditioning projections stay fresh, while the
+          embedding, the ConditionNet and the head carry over.
+
+        Raises:
+            ValueError: the source is wider than this model.
         """
+        if source.channels > self.channels:
+            raise ValueError(f"cannot warm-start {self.channels} channels from a wider model ({source.channels})")
         theirs = source.state_dict()
+        same_side = source.side == self.side
         for name, mine in self.state_dict().items():
             old = theirs.get(name)
-            if old is not None and old.shape == mine.shape:
-                mine.copy_(old)
+            if name.startswith("inp."):
+                if same_side:
+                    _copy_input_projection(mine, theirs[name], self.side)
+            elif name.startswith("cond_proj."):
+                if same_side:
+                    _copy_bias_projection(mine, theirs[name], self.channels, source.channels)
+            elif old is not None:
+                _copy_corner(mine, old, _input_axis(name, mine))
             elif name.startswith("units."):
                 mine.zero_()  # a new unit: x + 0 = x
-            elif name.startswith("cond_proj.") and old is not None and old.shape[1:] == mine.shape[1:]:
-                rows = min(old.shape[0], mine.shape[0])  # the biases of units both have; new ones zero
-                mine.zero_()
-                mine[:rows] = old[:rows]
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) rounded up to multiples of the group side."""

@@ -35,6 +35,9 @@ class PriorConfig:
     channels: int = 64  # width of every context network
     layers: int = 6  # gated layers of the raster PixelCNN per level
     fast_layers: int = 6  # conv layers of the grouped model: 1x1 in, (fast_layers - 2) residual 3x3, 1x1 out
+    # Width of the grouped model; 0: `channels`. Each of its cells holds a whole s x s block, so it
+    # needs more width than the raster network, which has `channels` per position.
+    fast_channels: int = 0
     # Side s of the s x s group pattern per level (s * s passes). Empty: 2 for every conditioned
     # level (the coarser level already carries the layout), 4 for the unconditioned top.
     fast_groups: tuple[int, ...] = ()
@@ -51,12 +54,17 @@ class PriorConfig:
             raise ValueError(f"codebook sizes must be >= 2 and upsample factors >= 1, got {self}")
         if any(s < 1 or s & (s - 1) for s in self.fast_groups):
             raise ValueError(f"fast_groups must be powers of two, got {self.fast_groups}")
-        if self.channels < 1 or self.layers < 1 or self.fast_layers < 2:
-            raise ValueError(f"need channels >= 1, layers >= 1, fast_layers >= 2, got {self}")
+        if self.channels < 1 or self.layers < 1 or self.fast_layers < 2 or self.fast_channels < 0:
+            raise ValueError(f"need channels >= 1, layers >= 1, fast_layers >= 2, fast_channels >= 0, got {self}")
 
     @property
     def levels(self) -> int:
         return len(self.codebook_size)
+
+    @property
+    def fast_width(self) -> int:
+        """Channels of the fast order's networks."""
+        return self.fast_channels or self.channels
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples stay tuples; a JSON round trip turns them into lists)."""
@@ -207,8 +215,9 @@ class SymbolPrior(nn.Module):
         contexts: list[int | None] = [*ks[1:], None]
         self.raster = nn.ModuleList(GatedPixelCNN(ks[l], c, config.layers, ups[l], contexts[l])
                                     for l in range(config.levels))
-        self.fast = nn.ModuleList(GroupedContextModel(ks[l], c, config.fast_layers, config.fast_groups[l],
-                                                      ups[l], contexts[l]) for l in range(config.levels))
+        self.fast = nn.ModuleList(GroupedContextModel(ks[l], config.fast_width, config.fast_layers,
+                                                      config.fast_groups[l], ups[l], contexts[l])
+                                  for l in range(config.levels))
 
     def networks(self, order: Order) -> nn.ModuleList:
         """The per-level context networks of one decode order (bottom first)."""

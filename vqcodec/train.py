@@ -380,19 +380,24 @@ def grown_prior(source: SymbolPrior, cfg: PriorConfig, orders: tuple[str, ...]) 
     """A prior with config `cfg` started from `source`.
 
     With the same config it is a copy. Otherwise the fast order's networks may differ in depth
-    (`fast_layers`) and group side (`fast_groups`) when that order is among the trained `orders`:
-    they start from the source's (`GroupedContextModel.warm_start`). Everything else must match.
+    (`fast_layers`), group side (`fast_groups`) and width (`fast_channels`, not narrower) when that
+    order is among the trained `orders`: they start from the source's
+    (`GroupedContextModel.warm_start`). Everything else must match.
 
     Raises:
         ValueError: the configs differ in anything else.
     """
     prior = SymbolPrior(cfg)
-    grown_fields = {"fast_layers", "fast_groups"} if "fast" in orders else set()
+    grown_fields = {"fast_layers", "fast_groups", "fast_channels"} if "fast" in orders else set()
     mine, theirs = cfg.to_dict(), source.config.to_dict()
+    mine["fast_channels"], theirs["fast_channels"] = cfg.fast_width, source.config.fast_width  # 0 = channels
     differ = sorted(k for k in mine if mine[k] != theirs.get(k))
     if set(differ) - grown_fields:
         raise ValueError(f"prior config differs in {differ} (has {theirs}, this run needs {mine}); only "
-                         f"fast_layers and fast_groups may change, and only when the fast order trains")
+                         f"fast_layers, fast_groups and fast_channels may change, and only when the fast "
+                         f"order trains")
+    if cfg.fast_width < source.config.fast_width:
+        raise ValueError(f"fast_channels {cfg.fast_width} is narrower than the source's {source.config.fast_width}")
     prior.raster.load_state_dict(source.raster.state_dict())
     for net, trained in zip(prior.fast, source.fast):
         net.warm_start(trained)
