@@ -111,7 +111,8 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
 @click.option("--prior-config", type=_JSON_FILE, help="JSON file of PriorConfig fields (sizes come from the VQ-VAE).")
 @click.option("--init-prior", type=click.Path(exists=True, dir_okay=False),
               help="Start from this model file's prior instead of a fresh one: the same config, or, when the "
-              "fast order trains, another fast_layers / fast_groups (what fits carries over).")
+              "fast order trains, another fast_layers / fast_groups or a larger fast_channels (what fits carries "
+              "over).")
 @click.option("--order", "orders", type=click.Choice(ORDERS), multiple=True,
               help="Train only this decode order's networks (repeatable); the other order's stay as they are "
               "[default: both].")
