@@ -318,8 +318,12 @@ def fast_rebuild_note(run_prior: dict | None, shipped_prior: dict | None, warm_s
     kept = [what for field, what in (("fast_layers", "new residual units being the identity"),
                                      ("fast_channels", "new channels having zero weights into the old ones"))
             if field in changed]
-    how = ("embeddings, conditioning networks and heads carried over, the input projections started fresh"
-           if "fast_groups" in changed else f"they computed the shipped logits at the start, {' and '.join(kept)}")
+    if "fast_groups" in changed:
+        how = "embeddings, conditioning networks and heads carried over, the input projections started fresh"
+    elif mine["fast_layers"] < theirs["fast_layers"]:
+        how = "they kept the shipped networks' first residual units"
+    else:
+        how = f"they computed the shipped logits at the start, {' and '.join(kept)}"
     start = f" (fast order {warm_start_bpp:.4f} bpp at the warm start)" if warm_start_bpp is not None else ""
     return (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps({k: mine[k] for k in changed})},"
             f" shipped {json.dumps({k: theirs[k] for k in changed})}) and warm-started from the shipped ones: "
