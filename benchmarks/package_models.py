@@ -32,6 +32,7 @@ from safetensors import safe_open
 from vqcodec import recipes
 from vqcodec.checkpoint import INT8_SCALE, load_model, save_model
 from vqcodec.models import BUNDLED, DEFAULT
+from vqcodec.prior import PriorConfig
 from vqcodec.vqvae import VQVAE2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,8 +309,9 @@ def fast_rebuild_note(run_prior: dict | None, shipped_prior: dict | None, warm_s
         return ""
 
     def fast(config: dict) -> dict:
-        return {"fast_layers": config.get("fast_layers"), "fast_groups": config.get("fast_groups"),
-                "fast_channels": config.get("fast_channels") or config["channels"]}  # 0: as wide as raster
+        prior = PriorConfig.from_dict(config)
+        return {"fast_layers": prior.fast_layers, "fast_groups": list(prior.fast_groups),
+                "fast_channels": prior.fast_width}
 
     mine, theirs = fast(run_prior), fast(shipped_prior)
     changed = [k for k in _FAST_FIELDS if mine[k] != theirs[k]]

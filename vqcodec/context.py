@@ -303,17 +303,18 @@ class GroupedContextModel(nn.Module):
             ValueError: the source is wider than this model.
         """
         if source.channels > self.channels:
-            raise ValueError(f"cannot warm-start {self.channels} channels from a wider model ({source.channels})")
+            raise ValueError(f"{self.channels} channels are narrower than the source's {source.channels}: "
+                             "cannot warm-start from it")
         theirs = source.state_dict()
         same_side = source.side == self.side
         for name, mine in self.state_dict().items():
             old = theirs.get(name)
             if name.startswith("inp."):
                 if same_side:
-                    _copy_input_projection(mine, theirs[name], self.side)
+                    _copy_input_projection(mine, old, self.side)
             elif name.startswith("cond_proj."):
                 if same_side:
-                    _copy_bias_projection(mine, theirs[name], self.channels, source.channels)
+                    _copy_bias_projection(mine, old, self.channels, source.channels)
             elif old is not None:
                 _copy_corner(mine, old, _input_axis(name, mine))
             elif name.startswith("units."):

@@ -396,8 +396,6 @@ def grown_prior(source: SymbolPrior, cfg: PriorConfig, orders: tuple[str, ...]) 
         raise ValueError(f"prior config differs in {differ} (has {theirs}, this run needs {mine}); only "
                          f"fast_layers, fast_groups and fast_channels may change, and only when the fast "
                          f"order trains")
-    if cfg.fast_width < source.config.fast_width:
-        raise ValueError(f"fast_channels {cfg.fast_width} is narrower than the source's {source.config.fast_width}")
     prior.raster.load_state_dict(source.raster.state_dict())
     for net, trained in zip(prior.fast, source.fast):
         net.warm_start(trained)
