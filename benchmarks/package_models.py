@@ -164,16 +164,14 @@ def decoder_lines(name: str, run: Path) -> list[str]:
     if stage is None:
         return []
     cfg, log, steps = stage
-    before, after = refine_blocks(run, "source_vqvae_config.json"), refine_blocks(run, "vqvae_config.json")
+    before, after = decoder_blocks(run, "source_vqvae_config.json"), decoder_blocks(run, "vqvae_config.json")
     minutes = train_minutes(log, lambda step: cfg["batch_size"])
     val = [r["val_psnr"] for r in log if "val_psnr" in r]
     gain = f" Held-out PSNR (5% of the training crops) {val[0]:.2f} -> {val[-1]:.2f} dB." if len(val) > 1 else ""
-    if not before:
-        grown = f"{after} identity-initialised residual blocks added to the decoder trunk"
-    elif before == after:  # a stage of more training, no new blocks
-        grown = f"the decoder trunk kept at its {after} refine blocks"
-    else:
-        grown = f"the decoder trunk grown from {before} to {after} refine blocks, the new ones identity-initialised"
+    grown = growth_phrase(before["refine_blocks"], after["refine_blocks"])
+    if after["tail_blocks"] > before["tail_blocks"]:
+        grown += (f", and {tail_phrase(before['tail_blocks'], after['tail_blocks'])} before its last layer "
+                  "(the finest features), the new ones identity-initialised")
     return [
         f"- Decoder stage: {grown}, "
         f"then the decoder side alone trained {steps} steps of batch {cfg['batch_size']} on {cfg['crop']}x{cfg['crop']} "
@@ -232,17 +230,32 @@ def card_prior_config(lines: list[str]) -> dict | None:
     return None
 
 
-def refine_blocks(run: Path, config_name: str) -> int:
-    """Decoder refine blocks in one of the decoder run's model configs.
+def decoder_blocks(run: Path, config_name: str) -> dict[str, int]:
+    """Decoder refine and tail blocks in one of the decoder run's model configs.
 
     train-decoder writes source_vqvae_config.json (the model it started from) and vqvae_config.json
-    (the model it trains): the two counts tell whether the stage grew the decoder.
+    (the model it trains): the two sets of counts tell whether the stage grew the decoder.
     """
     config = run / "decoder" / config_name
     if not config.exists():
         raise SystemExit(f"{config} is missing: train-decoder writes it when a run starts; for a run older "
                          "than source_vqvae_config.json, write there the config of the model it started from")
-    return json.loads(config.read_text()).get("refine_blocks", 0)
+    values = json.loads(config.read_text())
+    return {name: values.get(name, 0) for name in ("refine_blocks", "tail_blocks")}
+
+
+def growth_phrase(before: int, after: int) -> str:
+    """What a decoder stage did to the trunk's refine blocks."""
+    if not before:
+        return f"{after} identity-initialised residual blocks added to the decoder trunk"
+    if before == after:  # a stage of more training, no new blocks
+        return f"the decoder trunk kept at its {after} refine blocks"
+    return f"the decoder trunk grown from {before} to {after} refine blocks, the new ones identity-initialised"
+
+
+def tail_phrase(before: int, after: int) -> str:
+    """What a decoder stage did to the blocks before the decoder's last layer (after > before)."""
+    return f"{after} residual blocks added" if not before else f"the residual blocks grown from {before} to {after}"
 
 
 def last_validation(lines: list[str]) -> dict | None:

@@ -53,7 +53,8 @@ def main() -> None:
     if args.stage in ("decoder", "all") and recipe.decoder is not None:
         stage = recipe.decoder
         train_decoder(DecoderTrainConfig(out=str(args.out / "decoder"), model=str(args.out / "prior" / "model.safetensors"),
-                                         refine_blocks=stage.refine_blocks, steps=int(stage.steps * args.scale),
+                                         refine_blocks=stage.refine_blocks, tail_blocks=stage.tail_blocks,
+                                         steps=int(stage.steps * args.scale),
                                          crop=stage.crop, **{**common, "batch_size": stage.batch_size, "lr": stage.lr,
                                                              "warmup_steps": stage.warmup_steps}))
 

@@ -138,6 +138,9 @@ def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config
 @click.option("--refine-blocks", type=click.IntRange(min=0), default=None,
               help="Grow the decoder to this many identity-initialised refine blocks first "
               "[default: the recipe's, else the model's own].")
+@click.option("--tail-blocks", type=click.IntRange(min=0), default=None,
+              help="Grow the decoder to this many identity-initialised residual blocks before its last layer "
+              "(its finest features) first [default: the recipe's, else the model's own].")
 @click.option("--channels-last/--no-channels-last", default=None,
               help=f"channels_last memory. [default: {_default(DecoderTrainConfig, 'channels_last')}]")
 def train_decoder_command(recipe: str | None, model_path: str | None, **options: Any) -> None:

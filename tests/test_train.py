@@ -375,6 +375,24 @@ def test_growing_the_decoder_keeps_its_output_until_trained():
         grown_vqvae(grown, 1)
 
 
+def test_tail_blocks_start_as_the_identity_and_then_change_the_picture():
+    from vqcodec.train import grown_vqvae
+
+    vqvae, _ = tiny_model()
+    grown = grown_vqvae(vqvae, None, 2).eval()
+    assert (grown.config.refine_blocks, grown.config.tail_blocks) == (0, 2)
+    # They work on the features the last layer reads (half resolution for an x4 grid).
+    assert grown.tail[0].body[1].in_channels == vqvae.decoder[-1].in_channels
+    symbols = vqvae.encode(torch.rand(1, 3, 24, 40))
+    assert torch.equal(grown.decode(symbols), vqvae.decode(symbols))
+    assert any(p is q for module in grown.decoder_modules() for p in module.parameters()
+               for q in grown.tail.parameters())  # decoder fine-tuning trains them
+    torch.nn.init.normal_(grown.tail[1].body[-1].weight, std=0.1)
+    assert not torch.allclose(grown.decode(symbols), vqvae.decode(symbols))
+    with pytest.raises(ValueError, match="tail_blocks=1: the model already has 2"):
+        grown_vqvae(grown, None, 1)
+
+
 def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(images, tmp_path):
     from vqcodec.prior import PriorConfig, SymbolPrior
     from vqcodec.train import DecoderTrainConfig, train_decoder
@@ -387,11 +405,12 @@ def test_decoder_fine_tuning_keeps_symbols_and_prior_and_improves_the_picture(im
     save_model(tmp_path / "model.safetensors", load_model(vq_path)[0], prior)
     before, prior_before, _ = load_model(tmp_path / "model.safetensors")
     cfg = DecoderTrainConfig(data=str(images), out=str(tmp_path / "dec"), model=str(tmp_path / "model.safetensors"),
-                             refine_blocks=1, steps=40, log_every=10, val_every=40, val_data=str(images), **FAST)
+                             refine_blocks=1, tail_blocks=1, steps=40, log_every=10, val_every=40,
+                             val_data=str(images), **FAST)
     after, prior_after, meta = load_model(train_decoder(cfg))
     val = records(tmp_path / "dec" / "decoder_log.jsonl", "val")  # the log starts with the untouched model
     assert [r["step"] for r in val] == [0, 40] and val[1]["val_psnr"] > val[0]["val_psnr"]
-    assert after.config.refine_blocks == 1 and meta["stage"] == "decoder"
+    assert (after.config.refine_blocks, after.config.tail_blocks) == (1, 1) and meta["stage"] == "decoder"
     # The run records the model it started from (a model card tells growth from more training by it).
     source = VQVAE2Config.from_dict(json.loads((tmp_path / "dec" / "source_vqvae_config.json").read_text()))
     assert source == before.config and source.refine_blocks == 0
@@ -424,8 +443,15 @@ def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "run" / "decoder_train_config.json").read_text())
     stage = get("vqc-3").decoder
-    assert (written["refine_blocks"], written["lr"], written["steps"]) == (stage.refine_blocks, stage.lr, 2)
-    assert load_model(tmp_path / "run" / "model.safetensors")[0].config.refine_blocks == stage.refine_blocks
+    assert (written["refine_blocks"], written["tail_blocks"], written["lr"], written["steps"]) == (
+        stage.refine_blocks, stage.tail_blocks, stage.lr, 2)
+    trained = load_model(tmp_path / "run" / "model.safetensors")[0].config
+    assert (trained.refine_blocks, trained.tail_blocks) == (stage.refine_blocks, stage.tail_blocks)
+    result = CliRunner().invoke(train_decoder_command, [*base, "--config", "vqc-3", "--model", str(tiny_model_path),
+                                                        "--out", str(tmp_path / "tail"), "--steps", "1", "--crop", "32",
+                                                        "--batch-size", "2", "--tail-blocks", str(stage.tail_blocks + 1)])
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "tail" / "model.safetensors")[0].config.tail_blocks == stage.tail_blocks + 1
 
     result = CliRunner().invoke(train_decoder_command, [*base, "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--model is required" in result.output

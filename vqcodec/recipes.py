@@ -44,12 +44,13 @@ class Refine:
 class DecoderStage:
     """The last stage: decoder fine-tuning on the frozen symbols (`vqcodec train-decoder --config NAME`).
 
-    It grows the decoder by `refine_blocks` identity-initialised residual blocks and trains only the
-    decoder side on whole 256-px crops, so the bitstreams (and the prior) stay exactly as they were.
+    It grows the decoder to `refine_blocks` identity-initialised residual blocks in its trunk and
+    `tail_blocks` before its last layer, and trains only the decoder side on whole 256-px crops, so the bitstreams (and the prior) stay exactly as they were.
     """
 
     steps: int
     refine_blocks: int = 4
+    tail_blocks: int = 0
     crop: int = 256
     batch_size: int = 8
     lr: float = 2e-4

@@ -136,12 +136,14 @@ class DecoderTrainConfig(RunSettings):
     """Decoder fine-tuning of a trained model: encoder, codebooks and prior stay frozen.
 
     The symbols of every image, and so the bitstreams and their rate, stay exactly as they were;
-    only the reconstruction from them improves. refine_blocks > 0 first adds that many identity-
-    initialised residual blocks to the decoder trunk (VQVAE2Config.refine_blocks).
+    only the reconstruction from them improves. refine_blocks / tail_blocks first grow the decoder
+    to that many identity-initialised residual blocks in its trunk / before its last layer
+    (VQVAE2Config.refine_blocks, .tail_blocks).
     """
 
     model: str                          # a model file (VQ-VAE, usually with its prior)
     refine_blocks: int | None = None    # None: keep the model's own count; else at least that count
+    tail_blocks: int | None = None      # the same for the blocks before the decoder's last layer
     steps: int = 10_000
     batch_size: int = 8
     lr: float = 2e-4
@@ -150,8 +152,9 @@ class DecoderTrainConfig(RunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.refine_blocks is not None and self.refine_blocks < 0:
-            raise ValueError(f"refine_blocks must be >= 0, got {self.refine_blocks}")
+        for name in ("refine_blocks", "tail_blocks"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def train_config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
@@ -470,7 +473,7 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
 
 def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
     source, prior, _ = load_model(cfg.model)
-    vqvae = grown_vqvae(source, cfg.refine_blocks)
+    vqvae = grown_vqvae(source, cfg.refine_blocks, cfg.tail_blocks)
     # source_vqvae_config.json: the model the stage started from, so that a model card can say
     # whether the stage grew the decoder or only trained it further.
     out = prepare_out(Path(cfg.out), rt, {"decoder_train_config.json": cfg.to_dict(),
@@ -520,20 +523,26 @@ def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
     return out / "model.safetensors"
 
 
-def grown_vqvae(source: VQVAE2, refine_blocks: int | None) -> VQVAE2:
-    """`source` with at least `refine_blocks` decoder refine blocks; new ones start as the identity.
+def grown_vqvae(source: VQVAE2, refine_blocks: int | None, tail_blocks: int | None = None) -> VQVAE2:
+    """`source` with at least `refine_blocks` decoder refine blocks and `tail_blocks` tail blocks.
+
+    New blocks start as the identity, so the grown model decodes exactly as `source` did. None keeps
+    the model's own count.
 
     Raises:
-        ValueError: refine_blocks is below the count the model already has (that would drop weights).
+        ValueError: a count is below the one the model already has (that would drop weights).
     """
-    have = source.config.refine_blocks
-    if refine_blocks is None or refine_blocks == have:
+    wanted = {"refine_blocks": refine_blocks, "tail_blocks": tail_blocks}
+    changes = {name: n for name, n in wanted.items() if n is not None and n != getattr(source.config, name)}
+    if not changes:
         return source
-    if refine_blocks < have:
-        raise ValueError(f"refine_blocks={refine_blocks}: the model already has {have}; fewer would drop weights")
-    grown = VQVAE2(dataclasses.replace(source.config, refine_blocks=refine_blocks))
+    for name, n in changes.items():
+        have = getattr(source.config, name)
+        if n < have:
+            raise ValueError(f"{name}={n}: the model already has {have}; fewer would drop weights")
+    grown = VQVAE2(dataclasses.replace(source.config, **changes))
     missing, unexpected = grown.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("refine.") for key in missing):
+    if unexpected or any(not key.startswith(("refine.", "tail.")) for key in missing):
         raise ValueError(f"cannot grow the model: missing {missing}, unexpected {unexpected}")
     return grown
 

@@ -36,6 +36,10 @@ class VQVAE2Config:
     # Extra residual blocks in the decoder trunk (bottom grid), each starting as the identity: a
     # trained model grows decoder capacity without changing its encoder, symbols or prior.
     refine_blocks: int = 0
+    # Residual blocks at the decoder's finest feature map (before its last layer: half resolution for
+    # an x4 grid), also starting as the identity: the trunk works on the coarse grid, and the last
+    # upsampling steps were linear but for one ReLU.
+    tail_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in _PER_LEVEL:  # lists from JSON or callers become tuples
@@ -47,8 +51,9 @@ class VQVAE2Config:
             raise ValueError(f"downsample factors must be powers of two, got {self.downsample}")
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be even, got {self.channels}")
-        if self.refine_blocks < 0:
-            raise ValueError(f"refine_blocks must be >= 0, got {self.refine_blocks}")
+        for name in ("refine_blocks", "tail_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def levels(self) -> int:
@@ -153,7 +158,9 @@ class VQVAE2(nn.Module):
                                         cat(f0, d1) ─pre_quant[0]─► quantizers[0] ─► q0, symbols[0]
         decoder(cat(q0, upsamplers[0](q1))) ─► x_hat (B,3,H,W) ─crop─►
 
-    Inputs are in [0, 1] and centred internally; x_hat is not clamped.
+    Inside `decoder`: 3x3 conv and res blocks, then `refine` (bottom grid), the upsampling steps,
+    `tail` (the finest feature map) and the last layer. Inputs are in [0, 1] and centred
+    internally; x_hat is not clamped.
     """
 
     def __init__(self, config: VQVAE2Config) -> None:
@@ -179,6 +186,9 @@ class VQVAE2(nn.Module):
         self.decoder = _decoder(cfg, sum(cfg.code_dim), 3, cfg.downsample[0])
         # Run after the decoder's own res blocks (decoder[:_trunk_end]), before its upsampling.
         self.refine = nn.Sequential(*(ResBlock(ch, ch, identity=True) for _ in range(cfg.refine_blocks)))
+        # Run between the decoder's last two layers, at the width its last layer reads.
+        tail_width = self.decoder[-1].in_channels
+        self.tail = nn.Sequential(*(ResBlock(tail_width, tail_width, identity=True) for _ in range(cfg.tail_blocks)))
         self._trunk_end = 1 + cfg.res_blocks
 
     @property
@@ -229,11 +239,12 @@ class VQVAE2(nn.Module):
         """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range."""
         maps = [quantized[0]] + [up(q) for up, q in zip(self.upsamplers, quantized[1:])]
         trunk = self.decoder[: self._trunk_end](torch.cat(maps, dim=1))
-        return self.decoder[self._trunk_end :](self.refine(trunk)) + 0.5
+        finest = self.decoder[self._trunk_end : -1](self.refine(trunk))
+        return self.decoder[-1](self.tail(finest)) + 0.5
 
     def decoder_modules(self) -> list[nn.Module]:
         """The modules that turn quantized maps into pixels (what decoder fine-tuning trains)."""
-        return [*self.upsamplers, self.decoder, self.refine]
+        return [*self.upsamplers, self.decoder, self.refine, self.tail]
 
     @staticmethod
     def _hide_lower_levels(quantized: list[Tensor], hide: Tensor) -> list[Tensor]:
