@@ -13,11 +13,16 @@ It also decodes the encoder's vectors before quantization: first the bottom leve
 levels quantized as usual), then every level's. That PSNR is the ceiling of any finer quantization
 of those levels (a larger codebook, residual or product VQ) with this encoder and decoder: when it
 is close to the nearest-code PSNR, more bits need a retrained autoencoder, not a finer quantizer.
+
+Two files of one model before and after a decoder stage (`vqcodec train-decoder`) code every image
+to the same symbols (same entropy bound), so their PSNR and decode time (nearest codes, one
+thread) tell what the stage bought and what it costs.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -39,12 +44,15 @@ def probe(model_file: Path, images: list[Path]) -> dict:
     vqvae, _, _ = load_model(model_file)
     counts = [np.zeros(k, dtype=np.int64) for k in vqvae.config.codebook_size]
     psnrs: dict[str, list[float]] = {"nearest": [], "unquantized_bottom": [], "unquantized": []}
-    pixels = 0
+    pixels, decode_seconds = 0, 0.0
     for path in images:
         x, info = to_tensor(open_image(path))
         size, original = (info.height, info.width), to_uint8(x)
         vectors, symbols = vqvae.latent_vectors(x)  # symbols: the nearest codes, as `encode` gives
         codes = [q.lookup(s) for q, s in zip(vqvae.quantizers, symbols)]
+        start = time.perf_counter()
+        vqvae.decode_vectors(codes, size)
+        decode_seconds += time.perf_counter() - start
         for name, maps in (("nearest", codes), ("unquantized_bottom", [vectors[0], *codes[1:]]),
                            ("unquantized", vectors)):
             psnrs[name].append(psnr(original, to_uint8(vqvae.decode_vectors(maps, size))))
@@ -55,7 +63,8 @@ def probe(model_file: Path, images: list[Path]) -> dict:
     return {"model": str(model_file), "images": len(images), "psnr": float(np.mean(psnrs["nearest"])),
             "psnr_unquantized_bottom": float(np.mean(psnrs["unquantized_bottom"])),
             "psnr_unquantized": float(np.mean(psnrs["unquantized"])),
-            "entropy_bpp_per_level": bound, "entropy_bpp": sum(bound)}
+            "entropy_bpp_per_level": bound, "entropy_bpp": sum(bound),
+            "decode_s_per_image": decode_seconds / len(images)}
 
 
 @click.command()
