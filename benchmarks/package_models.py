@@ -33,7 +33,7 @@ from vqcodec import recipes
 from vqcodec.checkpoint import INT8_SCALE, load_model, save_model
 from vqcodec.models import BUNDLED, DEFAULT
 from vqcodec.prior import PriorConfig
-from vqcodec.vqvae import VQVAE2
+from vqcodec.vqvae import GROWABLE_BLOCKS, VQVAE2
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "vqcodec" / "models"
@@ -241,7 +241,7 @@ def decoder_blocks(run: Path, config_name: str) -> dict[str, int]:
         raise SystemExit(f"{config} is missing: train-decoder writes it when a run starts; for a run older "
                          "than source_vqvae_config.json, write there the config of the model it started from")
     values = json.loads(config.read_text())
-    return {name: values.get(name, 0) for name in ("refine_blocks", "tail_blocks")}
+    return {name: values.get(name, 0) for name in GROWABLE_BLOCKS}
 
 
 def growth_phrase(before: int, after: int) -> str:
@@ -330,14 +330,14 @@ def fast_rebuild_note(run_prior: dict | None, shipped_prior: dict | None, warm_s
     changed = [k for k in _FAST_FIELDS if mine[k] != theirs[k]]
     if not changed:
         return ""
-    kept = [what for field, what in (("fast_layers", "new residual units being the identity"),
-                                     ("fast_channels", "new channels having zero weights into the old ones"))
-            if field in changed]
     if "fast_groups" in changed:
         how = "embeddings, conditioning networks and heads carried over, the input projections started fresh"
     elif mine["fast_layers"] < theirs["fast_layers"]:
         how = "they kept the shipped networks' first residual units"
     else:
+        kept = [what for field, what in (("fast_layers", "new residual units being the identity"),
+                                         ("fast_channels", "new channels having zero weights into the old ones"))
+                if field in changed]
         how = f"they computed the shipped logits at the start, {' and '.join(kept)}"
     start = f" (fast order {warm_start_bpp:.4f} bpp at the warm start)" if warm_start_bpp is not None else ""
     return (f" The fast-order networks were rebuilt first (`--prior-config` {json.dumps({k: mine[k] for k in changed})},"

@@ -45,7 +45,8 @@ class DecoderStage:
     """The last stage: decoder fine-tuning on the frozen symbols (`vqcodec train-decoder --config NAME`).
 
     It grows the decoder to `refine_blocks` identity-initialised residual blocks in its trunk and
-    `tail_blocks` before its last layer, and trains only the decoder side on whole 256-px crops, so the bitstreams (and the prior) stay exactly as they were.
+    `tail_blocks` before its last layer, and trains only the decoder side on whole 256-px crops, so
+    the bitstreams (and the prior) stay exactly as they were.
     """
 
     steps: int

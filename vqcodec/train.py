@@ -41,7 +41,7 @@ from vqcodec.runtime import (LoopSpec, MetricsLog, Runtime, autocast, load_train
                              optimizer_step, place_model, prepare_out, run_loop, save_training_state,
                              seed_everything, setup_runtime, teardown_runtime, to_device, train_batches,
                              val_loader, wrap_model)
-from vqcodec.vqvae import VQVAE2, VQVAE2Config
+from vqcodec.vqvae import GROWABLE_BLOCKS, VQVAE2, VQVAE2Config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +152,7 @@ class DecoderTrainConfig(RunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("refine_blocks", "tail_blocks"):
+        for name in GROWABLE_BLOCKS:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -542,7 +542,8 @@ def grown_vqvae(source: VQVAE2, refine_blocks: int | None, tail_blocks: int | No
             raise ValueError(f"{name}={n}: the model already has {have}; fewer would drop weights")
     grown = VQVAE2(dataclasses.replace(source.config, **changes))
     missing, unexpected = grown.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(not key.startswith(("refine.", "tail.")) for key in missing):
+    new_modules = tuple(f"{module}." for module in GROWABLE_BLOCKS.values())
+    if unexpected or any(not key.startswith(new_modules) for key in missing):
         raise ValueError(f"cannot grow the model: missing {missing}, unexpected {unexpected}")
     return grown
 

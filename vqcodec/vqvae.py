@@ -19,6 +19,11 @@ from vqcodec.quantize import VectorQuantizer
 _PER_LEVEL = ("downsample", "codebook_size", "code_dim")
 
 
+# Decoder blocks a trained model can grow (VQVAE2Config count -> VQVAE2 module), each starting as
+# the identity.
+GROWABLE_BLOCKS = {"refine_blocks": "refine", "tail_blocks": "tail"}
+
+
 @dataclass(frozen=True)
 class VQVAE2Config:
     """Hyperparameters of a VQVAE2; per-level tuples are bottom first and of equal length."""
@@ -51,7 +56,7 @@ class VQVAE2Config:
             raise ValueError(f"downsample factors must be powers of two, got {self.downsample}")
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be even, got {self.channels}")
-        for name in ("refine_blocks", "tail_blocks"):
+        for name in GROWABLE_BLOCKS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
