@@ -6,18 +6,22 @@ temporary sibling and renamed into place, so a failure never leaves half a file 
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import click
+from click.core import ParameterSource
 
 from vqcodec import bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import open_image
-from vqcodec.models import DEFAULT, list_models, model_card
+from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
 from vqcodec.rdo import DEFAULT_STEPS
 
 DEVICES = click.Choice(["cpu", "cuda"])
@@ -40,7 +44,7 @@ class _Failures:
 
 @click.command("compress")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one input) or folder (several).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (one input) or folder (several, or ending in /).")
 @click.option("-m", "--model", default=DEFAULT, show_default=True, help="Bundled model name or .safetensors path.")
 @click.option("--target-bpp", type=float, help="Pick the bundled model whose rate best meets this bpp target.")
 @click.option("--mode", "order", type=click.Choice(ORDERS), default="fast", show_default=True,
@@ -51,11 +55,11 @@ class _Failures:
               "fastest). Decoding is the same whatever it was.")
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def compress_command(inputs: Sequence[Path], output: Path | None, model: str, target_bpp: float | None,
+def compress_command(inputs: Sequence[Path], output: str | None, model: str, target_bpp: float | None,
                      order: str, optimize: int, device: str, force: bool) -> None:
     """Compress images to .vqc files."""
-    if target_bpp is not None and target_bpp <= 0:
-        raise click.BadParameter("must be positive", param_hint="--target-bpp")
+    if target_bpp is not None:
+        _check_target(target_bpp)
     codec = None if target_bpp is not None else _load(model, device)
     failures = _Failures()
     for src, dst in _progress(_pairs(inputs, output, ".vqc")):
@@ -76,18 +80,19 @@ def compress_command(inputs: Sequence[Path], output: Path | None, model: str, ta
 
 @click.command("decompress")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image (one input) or folder (several).")
+@click.option("-o", "--output", type=click.Path(), help="Output image (one input) or folder (several, or ending in /).")
 @click.option("-m", "--model", default=None, help="Weights path, for files made by a model that is not bundled.")
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def decompress_command(inputs: Sequence[Path], output: Path | None, model: str | None, device: str, force: bool) -> None:
+def decompress_command(inputs: Sequence[Path], output: str | None, model: str | None, device: str, force: bool) -> None:
     """Decompress .vqc files to PNG images."""
+    given = _load(model, device) if model else None
     failures = _Failures()
     for src, dst in _progress(_pairs(inputs, output, ".png")):
         try:
             _refuse_overwrite(dst, force)
             data = _read(src)
-            codec = _load(model or bitstream.read_header(data).model_name, device)
+            codec = given or cached_codec(resolve_recorded(bitstream.read_header(data).model_name), device)
             image = codec.decompress(data)
             write_atomically(dst, lambda tmp: image.save(tmp, format="PNG"))
             click.echo(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
@@ -124,8 +129,19 @@ def models_command() -> None:
     if not names:
         raise click.ClickException("no bundled models are installed")
     for name in names:
-        first_line = next((line for line in model_card(name).splitlines() if line.strip()), "")
-        click.echo(f"{name}{' (default)' if name == DEFAULT else ''}  {first_line.lstrip('# ')}")
+        card = model_card(name)
+        title = next((line for line in card.splitlines() if line.strip()), "")
+        summary = title.split(": ", 1)[1] if ": " in title else ""  # the card's title is "# name: summary"
+        described = "; ".join(part for part in (summary, _measured(card)) if part)
+        click.echo(f"{name}{' (default)' if name == DEFAULT else ''}  {described}".rstrip())
+
+
+def _measured(card: str) -> str:
+    """The card's first Kodak measurement (the default fast order) as "Kodak 0.299 bpp, 27.81 dB", or ""."""
+    values = dict(re.findall(r"^- (bpp|PSNR \(dB\)): ([0-9.]+)$", card, flags=re.MULTILINE)[:2])
+    if set(values) != {"bpp", "PSNR (dB)"}:
+        return ""
+    return f"Kodak {float(values['bpp']):.3f} bpp, {float(values['PSNR (dB)']):.2f} dB"
 
 
 def _load(model: str, device: str) -> Codec:
@@ -133,6 +149,14 @@ def _load(model: str, device: str) -> Codec:
         return cached_codec(model, device)
     except VQCodecError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _check_target(target_bpp: float) -> None:
+    """--target-bpp must be a usable number, and it chooses the model, so --model cannot also be given."""
+    if not (math.isfinite(target_bpp) and target_bpp > 0):
+        raise click.BadParameter("must be a positive number", param_hint="--target-bpp")
+    if click.get_current_context().get_parameter_source("model") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--target-bpp picks the model itself; give --model or --target-bpp, not both")
 
 
 def _meet_target(image, target_bpp: float, order: str, optimize: int, device: str) -> tuple[str, bytes]:
@@ -148,14 +172,29 @@ def _meet_target(image, target_bpp: float, order: str, optimize: int, device: st
     return min(files, key=lambda f: len(f[1]))
 
 
-def _pairs(inputs: Sequence[Path], output: Path | None, suffix: str) -> list[tuple[Path, Path]]:
+def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output file) for each input; refuses a batch in which two inputs would share an output."""
+    pairs = _targets(inputs, output, suffix)
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        key = Path(os.path.normpath(dst.resolve()))
+        if key in seen:
+            raise click.BadParameter(f"{seen[key]} and {src} would both be written to {dst}; "
+                                     "compress them into different folders", param_hint="INPUTS")
+        seen[key] = src
+    return pairs
+
+
+def _targets(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
     if output is None:
         return [(src, src.with_suffix(suffix)) for src in inputs]
-    if len(inputs) == 1 and not output.is_dir():
-        return [(inputs[0], output)]
-    if output.exists() and not output.is_dir():
-        raise click.BadParameter(f"{output} is a file; with several inputs give a folder", param_hint="-o")
-    return [(src, output / src.with_suffix(suffix).name) for src in inputs]
+    folder = Path(output)
+    as_folder = len(inputs) > 1 or folder.is_dir() or output.endswith(("/", os.sep))
+    if not as_folder:
+        return [(inputs[0], folder)]
+    if folder.exists() and not folder.is_dir():
+        raise click.BadParameter(f"{folder} is a file; with several inputs give a folder", param_hint="-o")
+    return [(src, folder / src.with_suffix(suffix).name) for src in inputs]
 
 
 def _progress(pairs: list[tuple[Path, Path]]) -> Iterator[tuple[Path, Path]]:
@@ -168,11 +207,14 @@ def _progress(pairs: list[tuple[Path, Path]]) -> Iterator[tuple[Path, Path]]:
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
+    """Existing files need --force; /dev/null and other non-files are written to, not overwritten."""
+    if path.is_file() and not force:
         raise VQCodecError(f"output {path} exists (use --force to overwrite)")
 
 
 def _read(path: Path) -> bytes:
+    if path.is_dir():
+        raise VQCodecError("is a folder, not a .vqc file")
     if not path.is_file():
         raise VQCodecError("no such file")
     return path.read_bytes()

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +135,78 @@ def test_models_lists_the_family():
     result = run("models")
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.splitlines()] == ["vqc-1", "vqc-2", "vqc-3", "vqc-4"]
+    assert all(line.count("vqc-") == 1 for line in result.output.splitlines()), result.output
+    assert all(re.search(r"Kodak 0\.\d{3} bpp, \d\d\.\d\d dB$", line) for line in result.output.splitlines())
+
+
+def test_a_model_file_whose_name_a_header_cannot_hold_is_refused_before_encoding(tmp_path, image_file,
+                                                                                 tiny_model_path):
+    odd = tmp_path / "my model for portraits, second try.safetensors"  # 36 characters: too long
+    odd.write_bytes(tiny_model_path.read_bytes())
+    result = run("compress", image_file, "-o", tmp_path / "x.vqc", "--model", odd)
+    assert result.exit_code == 1 and "rename it" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.vqc").exists()
+
+
+def test_batch_decompress_reports_a_file_from_an_unbundled_model_and_goes_on(tmp_path, image_file,
+                                                                             tiny_model_path):
+    assert run("compress", image_file, "-o", tmp_path / "a.vqc", "--model", tiny_model_path).exit_code == 0
+    assert run("compress", image_file, "-o", tmp_path / "b.vqc", "-m", "vqc-1", "--optimize", "0").exit_code == 0
+    result = run("decompress", tmp_path / "a.vqc", tmp_path / "b.vqc", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "a.vqc: file was made by model 'tiny', which is not bundled" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"]
+
+
+def test_a_header_cannot_point_at_a_weights_file_on_disk(tmp_path, image_file, tiny_model_path, monkeypatch):
+    named = tmp_path / "x.safetensors.safetensors"  # model name "x.safetensors", which looks like a path
+    named.write_bytes(tiny_model_path.read_bytes())
+    assert run("compress", image_file, "-o", tmp_path / "a.vqc", "--model", named).exit_code == 0
+    (tmp_path / "x.safetensors").write_bytes(tiny_model_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = run("decompress", tmp_path / "a.vqc", "-o", tmp_path / "a.png")
+    assert result.exit_code == 1 and "not bundled" in result.output and not (tmp_path / "a.png").exists()
+    assert run("decompress", tmp_path / "a.vqc", "-o", tmp_path / "a.png", "--model", named).exit_code == 0
+
+
+def test_inputs_that_would_share_an_output_are_refused_before_any_work(tmp_path, tiny_model_path):
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.bmp")
+    for extra in ((), ("-o", tmp_path / "out"), ("--force",)):
+        result = run("compress", tmp_path / "a.png", tmp_path / "a.bmp", "--model", tiny_model_path, *extra)
+        assert result.exit_code == 2 and "would both be written to" in result.output, result.output
+        assert not list(tmp_path.rglob("*.vqc"))
+
+
+def test_an_output_ending_in_a_slash_is_a_folder(tmp_path, image_file, tiny_model_path):
+    result = run("compress", image_file, "-o", f"{tmp_path / 'new'}/", "--model", tiny_model_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "photo.vqc").is_file()
+
+
+def test_output_to_a_non_file_is_written_in_place(tmp_path, image_file, tiny_model_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = run("compress", image_file, "-o", pipe, "--model", tiny_model_path)  # no --force needed
+        assert result.exit_code == 0, result.output
+        assert os.read(fd, 1 << 16)[:3] == b"VQC"
+    finally:
+        os.close(fd)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+
+
+def test_target_bpp_must_be_a_positive_number_and_excludes_model(image_file, tmp_path):
+    for bad in ("0", "-1", "nan", "inf"):
+        result = run("compress", image_file, "-o", tmp_path / "x.vqc", "--target-bpp", bad)
+        assert result.exit_code == 2 and "--target-bpp" in result.output, (bad, result.output)
+    result = run("compress", image_file, "-o", tmp_path / "x.vqc", "--target-bpp", "0.5", "-m", "vqc-1")
+    assert result.exit_code == 2 and "not both" in result.output
+    assert not (tmp_path / "x.vqc").exists()
+
+
+def test_a_folder_given_as_a_vqc_file_is_named_as_such(tmp_path):
+    for command in ("info", "decompress"):
+        result = run(command, tmp_path)
+        assert result.exit_code == 1 and "is a folder" in result.output, result.output

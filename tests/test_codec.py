@@ -177,6 +177,21 @@ def test_errors():
     assert issubclass(ImageError, VQCodecError) and issubclass(BitstreamError, VQCodecError)
 
 
+def test_a_model_file_name_must_fit_in_a_header(tmp_path, tiny_model_path):
+    odd = tmp_path / "modèle.safetensors"  # not ASCII: files could not record which model made them
+    odd.write_bytes(tiny_model_path.read_bytes())
+    with pytest.raises(ModelNotFoundError, match="rename it"):
+        Codec.load(odd)
+
+
+def test_module_decompress_only_follows_headers_to_bundled_models(codec):
+    import vqcodec
+
+    data = codec.compress(photo_like(8, 8), optimize=0)  # recorded model name: "tiny", not bundled
+    with pytest.raises(ModelNotFoundError, match="not bundled"):
+        vqcodec.decompress(data)
+
+
 def test_bad_inputs_raise_codec_errors(codec):
     with pytest.raises(ImageError):
         codec.compress(np.zeros((4, 4, 3), dtype=np.uint16))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 
 import pytest
 
@@ -46,3 +47,35 @@ def test_a_written_file_gets_the_permissions_a_plain_write_would_give(tmp_path):
         assert stat.S_IMODE(kept.stat().st_mode) == 0o604  # a replaced file keeps its own
     finally:
         os.umask(umask)
+
+
+def test_a_symlink_keeps_pointing_at_the_file_it_names(tmp_path):
+    real, link = tmp_path / "real.bin", tmp_path / "link.bin"
+    real.write_bytes(b"old")
+    link.symlink_to(real)
+    write_atomically(link, lambda tmp: tmp.write_bytes(b"new"))
+    assert link.is_symlink() and real.read_bytes() == b"new"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_target_that_is_not_a_file_is_written_in_place(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer does not block
+    try:
+        write_atomically(pipe, lambda path: path.write_bytes(b"through"))
+        assert os.read(fd, 100) == b"through"
+    finally:
+        os.close(fd)
+    assert stat.S_ISFIFO(pipe.stat().st_mode), "the pipe was replaced by a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_an_unwritable_folder_is_named_in_the_error_not_the_sibling(tmp_path, monkeypatch):
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.bin.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # as in /sys, or a read-only folder (root may write anywhere)
+    with pytest.raises(PermissionError) as err:
+        write_atomically(tmp_path / "out.bin", lambda tmp: tmp.write_bytes(b"x"))
+    assert err.value.filename == str(tmp_path / "out.bin")

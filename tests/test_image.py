@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from conftest import photo_like
 from vqcodec.errors import ImageError
@@ -66,3 +69,57 @@ def test_open_image_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(ImageError, match="not a readable image"):
         open_image(text)
+
+
+def _png16(path, width: int, height: int, colour_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow reads 16-bit RGB(A) but cannot write it)."""
+    channels = {2: 3, 6: 4}[colour_type]
+    row = b"\x00" + bytes(i % 256 for i in range(width * channels * 2))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour_type, mode", [(2, "RGB"), (6, "RGBA")])
+def test_16_bit_colour_files_are_refused_not_cut_to_8_bits(tmp_path, colour_type, mode):
+    path = tmp_path / "deep.png"
+    _png16(path, 5, 4, colour_type)
+    assert Image.open(path).mode == mode  # what Pillow would silently hand on
+    with pytest.raises(ImageError, match=f"16-bit {mode}"):
+        open_image(path)
+
+
+@pytest.mark.parametrize("mode, key", [("RGB", (10, 20, 30)), ("L", 10)])
+def test_a_transparent_colour_key_is_refused_only_where_it_occurs(tmp_path, mode, key):
+    pixels = np.full((6, 6, 3), 200, dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    opaque = tmp_path / "opaque.png"
+    image.save(opaque, transparency=key)  # the key colour appears nowhere: every pixel is opaque
+    assert to_tensor(open_image(opaque))[1].mode == mode
+    pixels[0, 0] = (10, 20, 30) if mode == "RGB" else 10
+    keyed = tmp_path / "keyed.png"
+    Image.fromarray(pixels).convert(mode).save(keyed, transparency=key)
+    with pytest.raises(ImageError, match="transparency"):
+        to_tensor(open_image(keyed))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "camera.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(photo_like(20, 30)).save(path, exif=exif)
+    assert Image.open(path).size == (30, 20)
+    assert open_image(path).size == (20, 30)
+
+
+def test_an_oversized_file_is_refused_before_its_pixels_are_decoded(tmp_path, monkeypatch):
+    import vqcodec.image as image_module
+
+    path = tmp_path / "big.png"
+    Image.fromarray(photo_like(40, 40)).save(path)
+    monkeypatch.setattr(image_module, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded the pixels of an oversized image"))
+    with pytest.raises(ImageError, match="too large"):
+        open_image(path)

@@ -28,7 +28,7 @@ from typing import Iterable, Union
 from vqcodec.errors import BitstreamError
 
 __all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
-           "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH"]
+           "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
 VERSION = 2  # what writers produce; 2: raster-order chunks are coded one wavefront per step
@@ -63,7 +63,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _check_name(name: object) -> None:
+def check_model_name(name: object) -> None:
+    """Raise ValueError unless `name` can be recorded in a header (1..32 printable ASCII, no slashes)."""
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH:
         raise ValueError(f"model name must be a str of 1..{MAX_NAME_LENGTH} characters, got {name!r}")
     if not _NAME.fullmatch(name) or "/" in name or "\\" in name:
@@ -113,7 +114,7 @@ class Header:
     version: int = VERSION
 
     def __post_init__(self) -> None:
-        _check_name(self.model_name)
+        check_model_name(self.model_name)
         if not isinstance(self.weights_digest, bytes) or len(self.weights_digest) != DIGEST_SIZE:
             raise ValueError(f"weights digest must be {DIGEST_SIZE} bytes, got {self.weights_digest!r}")
         for field, value in (("width", self.width), ("height", self.height)):
@@ -243,7 +244,7 @@ def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
     raw_name = reader.take(name_length, "model name")
     try:
         name = raw_name.decode("ascii")
-        _check_name(name)
+        check_model_name(name)
     except (UnicodeDecodeError, ValueError):
         raise BitstreamError(f"model name field is not a valid name: {raw_name!r}") from None
     digest = reader.take(DIGEST_SIZE, "weights digest")

@@ -29,7 +29,7 @@ from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
 from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
-from vqcodec.models import resolve
+from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
 from vqcodec.vqvae import VQVAE2
 
@@ -237,4 +237,4 @@ def compress(image: ImageLike, *, model: str | Path = "default", order: Order = 
 
 def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:
     """Decompress a .vqc file with the bundled model named in its header (or the model given)."""
-    return cached_codec(model or bitstream.read_header(bytes(data)).model_name).decompress(data)
+    return cached_codec(model or resolve_recorded(bitstream.read_header(bytes(data)).model_name)).decompress(data)

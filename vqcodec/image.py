@@ -9,13 +9,14 @@ than silently changed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vqcodec.errors import ImageError
 
@@ -36,17 +37,36 @@ class ImageInfo:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Read an image file, turning every reader failure into an ImageError."""
+    """Read an image file, turning every reader failure into an ImageError.
+
+    The size limit is checked from the header, before any pixels are decoded, and an EXIF
+    orientation is applied, so a camera photo is coded the way viewers show it (the decoded PNG
+    carries no EXIF to rotate it back). Samples deeper than 8 bits are refused, as Pillow would
+    otherwise cut 16-bit RGB(A) to 8 bits without a word.
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            with Image.open(path) as img:
+                _check_size(ImageInfo(img.mode, img.height, img.width))
+                if any(";16" in _raw_mode(tile) for tile in img.tile) and img.mode in ("RGB", "RGBA"):
+                    raise ImageError(f"16-bit {img.mode} images are not supported: vqcodec codes 8-bit images")
+                img.load()
+                return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"not a readable image ({err})") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"image too large ({err})") from None
+
+
+def _raw_mode(tile: object) -> str:
+    """The raw sample layout a Pillow tile decodes from ("RGB;16B" for 16-bit big-endian RGB)."""
+    args = tile[3] if isinstance(tile, tuple) and len(tile) > 3 else None
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else ""
 
 
 def to_tensor(image: ImageLike) -> tuple[torch.Tensor, ImageInfo]:
@@ -96,6 +116,10 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
         raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
     if mode not in ("RGB", "L", "RGBA"):
         raise ImageError(f"image mode {mode!r} is not supported: convert to RGB, L or RGBA first")
+    if mode in ("RGB", "L") and "transparency" in image.info:  # a PNG tRNS colour: transparent where it occurs
+        alpha = np.asarray(image.convert("RGBA" if mode == "RGB" else "LA"))[..., -1]
+        if (alpha != 255).any():
+            raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
     return _from_array(np.asarray(image))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+from vqcodec.bitstream import check_model_name
 from vqcodec.errors import ModelNotFoundError
 
 # name -> weights file in this package, from lowest to highest rate
@@ -29,7 +30,8 @@ def list_models() -> list[str]:
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
     """Map a bundled model name ("default" included) or a weights path to (model name, file path).
 
-    A path's model name is its file stem, which is what files compressed with it will record.
+    A path's model name is its file stem, which is what files compressed with it will record, so
+    the stem must be a name a .vqc header can hold (checked here, before any encoding work).
     """
     name = DEFAULT if str(name_or_path) == "default" else str(name_or_path)
     if name in BUNDLED:
@@ -41,9 +43,26 @@ def resolve(name_or_path: str | Path) -> tuple[str, Path]:
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
             raise ModelNotFoundError(f"model file {path} does not exist")
+        try:
+            check_model_name(path.stem)
+        except ValueError as err:
+            raise ModelNotFoundError(f"model file {path.name}: its stem names the model in every .vqc file, "
+                                     f"so rename it ({err})") from None
         return path.stem, path
     available = ", ".join(list_models()) or "none installed"
     raise ModelNotFoundError(f"unknown model {name!r}; bundled models: {available}")
+
+
+def resolve_recorded(name: str) -> str:
+    """The bundled model a .vqc header names; files only ever select bundled models by themselves.
+
+    A header must not be able to point at a weights file on disk, and a file made with a model
+    loaded from a path needs that path given again to decode.
+    """
+    if name not in BUNDLED:
+        raise ModelNotFoundError(f"file was made by model {name!r}, which is not bundled; "
+                                 f"pass its weights file (--model / model=) to decode it")
+    return name
 
 
 def model_card(name: str) -> str:
