@@ -37,7 +37,7 @@ def bench_command(data_dir: Path, codecs: tuple[str, ...], out_dir: Path, anchor
     try:
         notes = rd.bench(data_dir, specs, out_dir, anchor=anchor, limit=limit, weights_dir=weights_dir,
                          reference_dir=reference_dir, progress=progress, threads=threads)
-    except (VQCodecError, ValueError, FileNotFoundError, ImportError) as err:
+    except (VQCodecError, ValueError, OSError, ImportError) as err:
         raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     for note in notes:
         click.echo(f"note: {note}", err=True)

@@ -101,6 +101,9 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
         fields["vqvae"] = {**dict(fields.get("vqvae") or {}), **_read_json(vqvae_config)}
     fields.update(_given(options))
     cfg = _checked(train_config_from_dict, fields)
+    if refine and not (Path(cfg.out) / "state.pt").exists():
+        raise click.UsageError(f"--refine continues the first stage's run, but {cfg.out} holds no state.pt: "
+                               f"run `vqcodec train --config {recipe}` there first")
     _report(_run(train_vqvae, cfg))
 
 
@@ -127,6 +130,8 @@ def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config
     if prior_config is not None:
         fields["prior"] = {**dict(fields.get("prior") or {}), **_read_json(prior_config)}
     fields.update(_given(options))
+    if fields.get("vqvae") is None:
+        raise click.UsageError("--vqvae is required (the trained VQ-VAE whose symbols the prior learns)")
     cfg = _checked(prior_train_config_from_dict, fields)
     _report(_run(train_prior, cfg))
 
@@ -223,14 +228,14 @@ def _checked(build: Callable[[dict[str, Any]], Any], fields: dict[str, Any]) -> 
             raise click.UsageError(f"--{name} is required (on the command line or in the recipe)")
     try:
         return build(fields)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    except (ValueError, TypeError) as err:  # TypeError: a config value of the wrong type (e.g. "channels": "64")
+        raise click.UsageError(f"bad config: {err}") from None
 
 
 def _run(train: Callable[[Any], Path], cfg: Any) -> Path:
     try:
         return train(cfg)
-    except (VQCodecError, ValueError, FileNotFoundError) as err:
+    except (VQCodecError, ValueError, OSError) as err:
         raise click.ClickException(str(err)) from None
 
 

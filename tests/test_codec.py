@@ -197,3 +197,27 @@ def test_bad_inputs_raise_codec_errors(codec):
         codec.compress(np.zeros((4, 4, 3), dtype=np.uint16))
     with pytest.raises(VQCodecError, match="order"):
         codec.compress(photo_like(8, 8), order="zigzag")  # type: ignore[arg-type]
+
+
+def test_api_argument_errors_are_codec_errors(codec, tiny_model_path):
+    x = torch.from_numpy(photo_like(8, 8)).permute(2, 0, 1).float()  # 0-255 floats: a common slip
+    with pytest.raises(ImageError, match="divide 0-255 values by 255"):
+        codec.compress(x)
+    assert codec.decompress(codec.compress(x / 255, optimize=0)).size == (8, 8)
+    for bad in (None, 1.5, True):
+        with pytest.raises(VQCodecError, match="optimize"):
+            codec.compress(x / 255, optimize=bad)  # type: ignore[arg-type]
+    for data in ("abc", None):
+        with pytest.raises(BitstreamError, match="expected the bytes"):
+            codec.decompress(data)  # type: ignore[arg-type]
+    assert Codec.load(tiny_model_path, device=torch.device("cpu")).device.type == "cpu"
+    with pytest.raises(VQCodecError, match="unsupported device"):
+        Codec.load(tiny_model_path, device="tpu")
+
+
+def test_batch_errors_name_the_failing_item(codec):
+    good = codec.compress(photo_like(8, 8), optimize=0)
+    with pytest.raises(BitstreamError, match="item 1: "):
+        codec.decompress_batch([good, good[:-3]])
+    with pytest.raises(ImageError, match="item 0: "):
+        codec.compress_batch([np.zeros((4, 4, 2), dtype=np.uint8)])

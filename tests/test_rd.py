@@ -201,3 +201,31 @@ def test_visual_sheet_matches_rate(tiny_images: Path, tmp_path: Path):
     jpeg_q = {q: rd.measure(peers.pillow_codec("jpeg").make_point(q), rd.load_rgb(image), "x").bpp for q in (1, 100)}
     assert jpeg_q[1] <= panels[0].bpp <= jpeg_q[100]
     assert (tmp_path / "sheet.png").is_file()
+
+
+def test_an_empty_curve_has_no_bd_rate_rather_than_an_error():
+    rate, psnr = bdrate.curve(CURVE)
+    empty = np.array([], float)
+    assert math.isnan(bdrate.bd_rate(rate, psnr, empty, empty))
+    assert math.isnan(bdrate.bd_psnr(empty, empty, rate, psnr))
+
+
+def test_bench_on_images_too_small_for_ms_ssim_still_reports(tmp_path: Path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(folder / f"s{i}.png")
+    result = CliRunner().invoke(bench_command, ["--data", str(folder), "--codec", "jpeg,webp", "--out",
+                                                str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "| webp |" in (tmp_path / "out" / "bd_rate.md").read_text()
+
+
+def test_bench_names_an_unreadable_image_before_measuring(tiny_images: Path, tmp_path: Path):
+    (tiny_images / "notes.png").write_text("not an image")
+    (tiny_images / "folder.png").mkdir()  # a folder with an image's name is not an image
+    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "jpeg", "--out",
+                                                str(tmp_path / "out")])
+    assert result.exit_code == 1 and "notes.png is not a readable image" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out" / "jpeg.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -459,3 +460,52 @@ def test_cli_train_decoder_takes_the_recipes_stage(images, tmp_path, tiny_model_
     result = CliRunner().invoke(train_decoder_command, [*base, "--config", "no-decoder", "--model", str(tiny_model_path),
                                                         "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "no decoder stage" in result.output
+
+
+def test_cli_protects_a_run_folder(images, tmp_path, tiny_model_path, other_model_path):
+    """Without --resume a run folder is never overwritten; with it, only the same architecture continues."""
+    from vqcodec.cli.training import train_command, train_prior_command
+
+    (tmp_path / "vq.json").write_text(json.dumps(TINY.to_dict()))
+    run = tmp_path / "run"
+    args = ["--data", str(images), "--out", str(run), "--vqvae-config", str(tmp_path / "vq.json"), "--steps", "2",
+            "--crop", "16", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0"]
+    assert CliRunner().invoke(train_command, args).exit_code == 0
+    state = (run / "state.pt").read_bytes()
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 1 and "already holds a run" in result.output and "--resume" in result.output
+    (tmp_path / "wide.json").write_text(json.dumps({**TINY.to_dict(), "codebook_size": [32, 8]}))
+    result = CliRunner().invoke(train_command, [*args, "--resume", "--vqvae-config", str(tmp_path / "wide.json")])
+    assert result.exit_code == 1 and "another vqvae_config" in result.output and "Traceback" not in result.output
+    assert json.loads((run / "vqvae_config.json").read_text()) == json.loads(json.dumps(TINY.to_dict()))
+    assert (run / "state.pt").read_bytes() == state  # the refused calls changed nothing
+
+    prior = ["--data", str(images), "--steps", "1", "--crop", "16", "--batch-size", "4", "--num-workers", "0",
+             "--device", "cpu", "--val-fraction", "0", "--out", str(tmp_path / "prior")]
+    assert CliRunner().invoke(train_prior_command, [*prior, "--vqvae", str(tiny_model_path)]).exit_code == 0
+    result = CliRunner().invoke(train_prior_command, [*prior, "--vqvae", str(other_model_path), "--resume",
+                                                      "--steps", "2"])
+    assert result.exit_code == 1 and "another symbols_source" in result.output  # other weights, other symbols
+
+
+def test_cli_training_input_errors_are_one_line(images, tmp_path):
+    from vqcodec.cli.training import train_command, train_prior_command
+
+    base = ["--data", str(images), "--steps", "1", "--crop", "16", "--batch-size", "4", "--num-workers", "0",
+            "--device", "cpu"]
+    (tmp_path / "bad.json").write_text(json.dumps({**TINY.to_dict(), "channels": "many"}))
+    (tmp_path / "vq.json").write_text(json.dumps(TINY.to_dict()))
+    result = CliRunner().invoke(train_command, [*base, "--out", str(tmp_path / "a"), "--vqvae-config",
+                                                str(tmp_path / "bad.json")])
+    assert result.exit_code == 2 and "bad config" in result.output and not (tmp_path / "a").exists()
+    result = CliRunner().invoke(train_prior_command, [*base, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "--vqvae is required" in result.output
+    result = CliRunner().invoke(train_command, ["--config", "vqc-1", "--refine", *base, "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "holds no state.pt" in result.output and not (tmp_path / "c").exists()
+    mixed = tmp_path / "mixed"
+    shutil.copytree(images, mixed)
+    (mixed / "notes.png").write_text("not an image")
+    result = CliRunner().invoke(train_command, [*base, "--data", str(mixed), "--out", str(tmp_path / "d"),
+                                                "--vqvae-config", str(tmp_path / "vq.json")])
+    assert result.exit_code != 0 and "notes.png is not a readable image" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -35,7 +35,7 @@ def _monotone(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort by x and drop repeated x values: PCHIP needs a strictly increasing abscissa."""
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
-    keep = np.concatenate([[True], np.diff(x) > 0])
+    keep = np.concatenate([[True], np.diff(x) > 0])[: len(x)]  # (an empty curve stays empty)
     return x[keep], y[keep]
 
 

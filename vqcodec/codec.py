@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ class Codec:
     def load(cls, model: str | Path = "default", *, device: str = "cpu") -> Codec:
         """Load a bundled model by name ("default", "vqc-1" … "vqc-4") or a .safetensors path."""
         name, path = resolve(model)
+        device = _checked_device(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise VQCodecError("CUDA was requested but no CUDA device is available")
         try:
@@ -79,8 +80,8 @@ class Codec:
         (`vqcodec.rdo`); 0 gives the nearest codes, the fastest encode.
         """
         _check_order(order)
-        if optimize < 0:
-            raise VQCodecError(f"optimize must be >= 0 steps, got {optimize}")
+        if not isinstance(optimize, int) or isinstance(optimize, bool) or optimize < 0:
+            raise VQCodecError(f"optimize must be a whole number of steps >= 0, got {optimize!r}")
         x, info = to_tensor(image)
         levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize)
         return Symbols([s.cpu().long() for s in levels], info)
@@ -131,7 +132,7 @@ class Codec:
 
     def decode_symbols(self, data: bytes) -> Symbols:
         """.vqc bytes -> the symbol maps, entropy-decoded and checked against the stored CRC."""
-        header, chunks = bitstream.unpack(bytes(data))
+        header, chunks = bitstream.unpack(_as_bytes(data))
         self._check_header(header)
         levels = [torch.zeros((1, h, w), dtype=torch.int64) for h, w in header.level_shapes]
         for chunk, level in zip(chunks, _top_down(levels)):
@@ -142,12 +143,15 @@ class Codec:
 
     def compress_batch(self, images: Iterable[ImageLike], *, order: Order = "fast",
                        optimize: int = rdo.DEFAULT_STEPS) -> list[bytes]:
-        """Compress several images; each result is an independent .vqc file."""
-        return [self.compress(image, order=order, optimize=optimize) for image in images]
+        """Compress several images; each result is an independent .vqc file.
+
+        Raises the first error, of the same VQCodecError class, with the failing item's index.
+        """
+        return _each(images, lambda image: self.compress(image, order=order, optimize=optimize))
 
     def decompress_batch(self, files: Iterable[bytes]) -> list[Image.Image]:
-        """Decompress several .vqc files."""
-        return [self.decompress(data) for data in files]
+        """Decompress several .vqc files (all made by this model); errors name the failing index."""
+        return _each(files, self.decompress)
 
     def estimate_bits(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> float:
         """Cross-entropy of the image's symbols under the prior, in bits (no coding; header excluded)."""
@@ -211,6 +215,33 @@ def _top_down(levels: list) -> list[int]:
     return list(reversed(range(len(levels))))
 
 
+def _each(items: Iterable[Any], work: Callable[[Any], Any]) -> list[Any]:
+    results = []
+    for index, item in enumerate(items):
+        try:
+            results.append(work(item))
+        except VQCodecError as err:
+            raise type(err)(f"item {index}: {err}") from None
+    return results
+
+
+def _checked_device(device: str | torch.device) -> str:
+    """"cpu", "cuda" or "cuda:N" (a torch.device too); other device kinds are not supported."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise VQCodecError(f"unsupported device {device!r}: use 'cpu' or 'cuda' ('cuda:N')")
+    return str(device)
+
+
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"expected the bytes of a .vqc file, got {type(data).__name__}")
+    return bytes(data)
+
+
 def _check_order(order: str) -> None:
     if order not in ORDERS:
         raise VQCodecError(f"unknown decode order {order!r}; choose one of {', '.join(ORDERS)}")
@@ -237,4 +268,4 @@ def compress(image: ImageLike, *, model: str | Path = "default", order: Order = 
 
 def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:
     """Decompress a .vqc file with the bundled model named in its header (or the model given)."""
-    return cached_codec(model or resolve_recorded(bitstream.read_header(bytes(data)).model_name)).decompress(data)
+    return cached_codec(model or resolve_recorded(bitstream.read_header(_as_bytes(data)).model_name)).decompress(data)

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vqcodec.image import check_image_files
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -26,6 +28,7 @@ def list_images(folder: str | Path) -> list[Path]:
     Raises:
         FileNotFoundError: the folder does not exist.
         ValueError: the folder holds no jpg/jpeg/png/webp file.
+        ImageError: one of them is not a readable image.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -33,7 +36,7 @@ def list_images(folder: str | Path) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
-    return files
+    return check_image_files(files)
 
 
 def split_files(files: Sequence[Path], val_fraction: float, *, seed: int = 0) -> tuple[list[Path], list[Path]]:

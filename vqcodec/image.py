@@ -69,6 +69,20 @@ def _raw_mode(tile: object) -> str:
     return args if isinstance(args, str) else ""
 
 
+def check_image_files(files: list[Path]) -> list[Path]:
+    """Return `files` after opening each one's header, so a stray non-image fails before hours of work.
+
+    Only headers are read (about a millisecond a file); pixel data is decoded when it is used.
+    """
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"{path} is not a readable image ({err})") from None
+    return files
+
+
 def to_tensor(image: ImageLike) -> tuple[torch.Tensor, ImageInfo]:
     """Convert an accepted input to a model tensor.
 
@@ -154,6 +168,10 @@ def _from_tensor(tensor: torch.Tensor) -> tuple[torch.Tensor, ImageInfo]:
         raise ImageError(f"tensors must be float in [0, 1] (got {x.dtype})")
     if not torch.isfinite(x).all():
         raise ImageError("tensor contains NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if high > 1.5 or low < -0.5:  # far outside [0, 1]: a 0-255 or [-1, 1] scale, not overshoot to clamp
+        raise ImageError(f"tensor values span {low:g}..{high:g}: expected floats in [0, 1] "
+                         "(divide 0-255 values by 255)")
     info = ImageInfo("RGB", int(x.shape[2]), int(x.shape[3]))
     _check_size(info)
     # Quantize to 8 bits: the codec's contract is 8-bit RGB, so tensors and arrays code the same.

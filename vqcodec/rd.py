@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal, Sequence
 from PIL import Image
 
 from vqcodec import metrics
+from vqcodec.image import check_image_files
 
 Protocol = Literal["file", "payload"]
 RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
@@ -77,10 +78,10 @@ class Measurement:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no images in {folder}")
-    return files
+    return check_image_files(files)
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -230,8 +231,25 @@ def to_device(x: Tensor, rt: Runtime, channels_last: bool) -> Tensor:
     return x
 
 
-def prepare_out(out: Path, rt: Runtime, configs: dict[str, dict[str, Any]]) -> Path:
-    """Create the output folder and (rank 0) write the run's configs as JSON."""
+def prepare_out(out: Path, rt: Runtime, configs: dict[str, dict[str, Any]], *, state_file: str, resume: bool,
+                fixed: Sequence[str] = ()) -> Path:
+    """Create the output folder and (rank 0) write the run's configs as JSON.
+
+    A folder that holds a run's state is only continued with resume, and then only with the same
+    `fixed` configs (those that shape the weights in the state). Both are checked before anything
+    is written, so a refused call leaves the folder as it was.
+    """
+    state = out / state_file
+    if state.exists() and not resume:
+        raise ValueError(f"{out} already holds a run ({state_file}): pass --resume to continue it, "
+                         "or choose another --out")
+    for name in fixed if state.exists() else ():
+        saved = out / name
+        if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(configs[name])):
+            raise ValueError(f"{out} holds a run of another {name.removesuffix('.json')} than this one: "
+                             "its state cannot continue with it (choose another --out)")
+    if resume and not state.exists() and rt.is_main:
+        print(f"note: {out} holds no {state_file} to resume; starting a new run", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
         for name, content in configs.items():

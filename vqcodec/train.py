@@ -21,6 +21,7 @@ Outputs in `out`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -192,6 +193,20 @@ def _build(cls: type, fields: dict[str, Any]) -> Any:
 # ----------------------------------------------------------------------------- VQ-VAE
 
 
+def symbols_digest(vqvae: VQVAE2) -> str:
+    """SHA-256 of the weights that decide the symbols (encoder, codebooks), not the decoder side's.
+
+    A prior or decoder run records it so that resuming on another VQ-VAE's symbols is refused.
+    """
+    decoder_side = {id(p) for module in vqvae.decoder_modules() for p in module.parameters()}
+    sha = hashlib.sha256()
+    for name, tensor in sorted(vqvae.state_dict(keep_vars=True).items()):
+        if id(tensor) not in decoder_side:
+            sha.update(name.encode())
+            sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
 def train_vqvae(cfg: TrainConfig) -> Path:
     """Train a VQ-VAE-2; returns out/vqvae.safetensors (also written on a time stop).
 
@@ -203,7 +218,8 @@ def train_vqvae(cfg: TrainConfig) -> Path:
 
 def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
     out = prepare_out(Path(cfg.out), rt, {"train_config.json": cfg.to_dict(),
-                                           "vqvae_config.json": cfg.vqvae.to_dict()})
+                                           "vqvae_config.json": cfg.vqvae.to_dict()},
+                      state_file="state.pt", resume=cfg.resume, fixed=["vqvae_config.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -323,7 +339,10 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     vqvae = load_model(cfg.vqvae, device=rt.device)[0].requires_grad_(False)  # frozen, eval
     prior_cfg = resolve_prior_config(vqvae.config, cfg.prior)
     out = prepare_out(Path(cfg.out), rt, {"prior_train_config.json": cfg.to_dict(),
-                                           "prior_config.json": prior_cfg.to_dict()})
+                                           "prior_config.json": prior_cfg.to_dict(),
+                                           "symbols_source.json": {"sha256": symbols_digest(vqvae)}},
+                      state_file="prior_state.pt", resume=cfg.resume,
+                      fixed=["prior_config.json", "symbols_source.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -478,7 +497,10 @@ def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
     # whether the stage grew the decoder or only trained it further.
     out = prepare_out(Path(cfg.out), rt, {"decoder_train_config.json": cfg.to_dict(),
                                            "source_vqvae_config.json": source.config.to_dict(),
-                                           "vqvae_config.json": vqvae.config.to_dict()})
+                                           "vqvae_config.json": vqvae.config.to_dict(),
+                                           "symbols_source.json": {"sha256": symbols_digest(source)}},
+                      state_file="decoder_state.pt", resume=cfg.resume,
+                      fixed=["source_vqvae_config.json", "vqvae_config.json", "symbols_source.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
