@@ -18,6 +18,9 @@ from vqcodec.errors import VQCodecError
                    "avif, avif-420-s6, avif-444-s2, compressai[:ARCH].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for results JSON, bd_rate.md and plots.")
+@click.option("-m", "--model", "models", multiple=True,
+              help="Model for the vqcodec curves, repeatable: a bundled name or a .safetensors file from "
+                   "`vqcodec train-prior` [default: the bundled family].")
 @click.option("--anchor", default="jpeg", show_default=True, help="Codec name the BD-rate table compares against.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--weights", "weights_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -26,8 +29,9 @@ from vqcodec.errors import VQCodecError
               default=None, help="Folder of published results JSON drawn as reference lines.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bench_command(data_dir: Path, codecs: tuple[str, ...], out_dir: Path, anchor: str, limit: int | None,
-                  weights_dir: Path | None, reference_dir: Path | None, threads: int, progress: bool) -> None:
+def bench_command(data_dir: Path, codecs: tuple[str, ...], out_dir: Path, models: tuple[str, ...], anchor: str,
+                  limit: int | None, weights_dir: Path | None, reference_dir: Path | None, threads: int,
+                  progress: bool) -> None:
     """Measure bpp (whole file), PSNR, MS-SSIM and coding time per image and operating point.
 
     Writes CompressAI-format JSON per codec (whole-file and payload-only rates),
@@ -36,7 +40,7 @@ def bench_command(data_dir: Path, codecs: tuple[str, ...], out_dir: Path, anchor
     specs = [spec for value in codecs for spec in value.split(",") if spec.strip()]
     try:
         notes = rd.bench(data_dir, specs, out_dir, anchor=anchor, limit=limit, weights_dir=weights_dir,
-                         reference_dir=reference_dir, progress=progress, threads=threads)
+                         reference_dir=reference_dir, progress=progress, threads=threads, models=models or None)
     except (VQCodecError, ValueError, OSError, ImportError) as err:
         raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     for note in notes:

@@ -229,3 +229,16 @@ def test_bench_names_an_unreadable_image_before_measuring(tiny_images: Path, tmp
                                                 str(tmp_path / "out")])
     assert result.exit_code == 1 and "notes.png is not a readable image" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out" / "jpeg.json").exists()
+
+
+def test_bench_runs_a_model_file_of_ones_own(tiny_images: Path, tmp_path: Path, tiny_model_path: Path):
+    out = tmp_path / "own"
+    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "vqcodec", "--model",
+                                                str(tiny_model_path), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = rd.read_results(out / "vqcodec-fast.json")
+    assert data["points"] == ["tiny"] and data["settings"]["models"] == ["tiny"]
+    assert len(data["results"]["bpp"]) == 1 and data["results"]["bpp"][0] > 0
+    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "vqcodec", "--model",
+                                                "vqc-9", "--out", str(out)])
+    assert result.exit_code == 1 and "unknown model 'vqc-9'" in result.output

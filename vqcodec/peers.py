@@ -186,7 +186,7 @@ def vqcodec_payload(data: bytes) -> int:
 
 
 def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> CodecUnderTest:
-    """vqcodec's bundled models (or `models`) as one curve decoded in `order`."""
+    """vqcodec's bundled models (or `models`: bundled names or weights files) as one curve decoded in `order`."""
     from vqcodec.codec import Codec
     from vqcodec.models import list_models
     from vqcodec.rdo import DEFAULT_STEPS
@@ -195,10 +195,12 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     if not names:
         raise FileNotFoundError("no bundled vqcodec models yet (vqcodec.models.list_models() is empty)")
     points, digests = [], {}
-    for name in names:
-        codec = Codec.load(name, device="cpu")
-        digests[name] = codec.digest.hex()  # says which weights a result belongs to; models get retrained
-        points.append(OperatingPoint(name, partial(codec.compress, order=order), codec.decompress, vqcodec_payload))
+    for model in names:
+        codec = Codec.load(model, device="cpu")
+        digests[codec.name] = codec.digest.hex()  # says which weights a result belongs to; models get retrained
+        points.append(OperatingPoint(codec.name, partial(codec.compress, order=order), codec.decompress,
+                                     vqcodec_payload))
+    names = [point.label for point in points]
     return CodecUnderTest(
         name=f"vqcodec-{order}",
         description=f"vqcodec models {names}, decode order {order!r}, default encoder effort, CPU",
@@ -208,7 +210,8 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     )
 
 
-def _codecs_for(spec: str, weights_dir: Path | None) -> tuple[list[CodecUnderTest], list[str]]:
+def _codecs_for(spec: str, weights_dir: Path | None,
+                models: Sequence[str] | None = None) -> tuple[list[CodecUnderTest], list[str]]:
     """Codecs for one spec, plus notes about what was skipped."""
     if spec in ("avif", "avif-420-s6", "avif-444-s2") and not avif_available():
         return [], [f"{spec}: skipped, this Pillow ({Image.__version__}) was built without AVIF"]
@@ -223,7 +226,7 @@ def _codecs_for(spec: str, weights_dir: Path | None) -> tuple[list[CodecUnderTes
             codecs, notes = codecs + more, notes + more_notes
         return codecs, notes
     if spec in ("vqcodec", "vqcodec-fast", "vqcodec-raster"):
-        return [vqcodec_codec("raster" if spec.endswith("raster") else "fast")], []
+        return [vqcodec_codec("raster" if spec.endswith("raster") else "fast", models)], []
     if spec == "compressai" or spec.startswith("compressai:"):
         if weights_dir is None:
             raise ValueError("CompressAI peers need a weights folder")
@@ -235,12 +238,16 @@ def _codecs_for(spec: str, weights_dir: Path | None) -> tuple[list[CodecUnderTes
                      f"compressai[:ARCH], vqcodec, vqcodec-fast, vqcodec-raster")
 
 
-def codecs_from_specs(specs: Sequence[str], *, weights_dir: Path | None = None) -> tuple[list[CodecUnderTest], list[str]]:
-    """Command-line codec names -> codecs under test, and notes on skipped ones."""
+def codecs_from_specs(specs: Sequence[str], *, weights_dir: Path | None = None,
+                      models: Sequence[str] | None = None) -> tuple[list[CodecUnderTest], list[str]]:
+    """Command-line codec names -> codecs under test, and notes on skipped ones.
+
+    models: what the vqcodec curves run (bundled names or weights files); None: the bundled family.
+    """
     codecs: list[CodecUnderTest] = []
     notes: list[str] = []
     for spec in specs:
-        more, more_notes = _codecs_for(spec.strip().lower(), weights_dir)
+        more, more_notes = _codecs_for(spec.strip().lower(), weights_dir, models)
         codecs += more
         notes += more_notes
     return codecs, notes

@@ -213,8 +213,11 @@ def bench(
     reference_dir: Path | None = None,
     progress: bool = True,
     threads: int = 1,
+    models: Sequence[str] | None = None,
 ) -> list[str]:
     """Benchmark the codecs named by `specs` on `data_dir`; write JSON, BD tables, plots.
+
+    models: the vqcodec models the vqcodec curves run (names or weights files; default: bundled).
 
     Returns human-readable notes (e.g. a peer skipped because Pillow lacks AVIF).
     Tables and plots cover every results JSON in `out_dir`, so codecs can be
@@ -226,7 +229,7 @@ def bench(
 
     torch.set_num_threads(threads)  # timings are single-thread unless asked otherwise
     images = list_images(data_dir)[:limit]
-    codecs, notes = peers.codecs_from_specs(specs, weights_dir=weights_dir)
+    codecs, notes = peers.codecs_from_specs(specs, weights_dir=weights_dir, models=models)
     for codec in codecs:
         save_codec_results(codec, evaluate(codec, images, progress=progress), out_dir)
     notes += report(out_dir, anchor=anchor, reference_dir=reference_dir, notes=notes)
