@@ -221,3 +221,18 @@ def test_batch_errors_name_the_failing_item(codec):
         codec.decompress_batch([good, good[:-3]])
     with pytest.raises(ImageError, match="item 0: "):
         codec.compress_batch([np.zeros((4, 4, 2), dtype=np.uint8)])
+
+
+def test_caller_mistakes_with_models_headers_and_symbols_are_codec_errors(codec):
+    with pytest.raises(BitstreamError, match="expected the bytes"):
+        bitstream.read_header("VQC...")  # type: ignore[arg-type]
+    with pytest.raises(ModelNotFoundError, match="bundled name or a weights path"):
+        Codec.load(123)  # type: ignore[arg-type]
+    symbols = codec.encode(photo_like(8, 8), optimize=0)
+    assert codec.decode(symbols).size == (8, 8)
+    bad = symbols.levels[0].clone()
+    bad[0, 0, 0] = codec.vqvae.config.codebook_size[0]
+    with pytest.raises(VQCodecError, match="outside its codebook"):
+        codec.decode(symbols._replace(levels=[bad, *symbols.levels[1:]]))
+    with pytest.raises(VQCodecError, match="do not fit"):
+        codec.decode(symbols._replace(levels=symbols.levels[:1]))

@@ -270,6 +270,12 @@ def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
     return header, lengths
 
 
+def _byte_view(data: object) -> memoryview:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"expected the bytes of a .vqc file, got {type(data).__name__}")
+    return memoryview(data).cast("B")
+
+
 def read_header(data: Buffer) -> Header:
     """Parse and validate the header only (for ``vqcodec info``).
 
@@ -279,7 +285,7 @@ def read_header(data: Buffer) -> Header:
         BitstreamError: not a vqcodec file, newer version, truncated header or a field out of
             bounds (the message names the field).
     """
-    view = memoryview(data).cast("B")
+    view = _byte_view(data)
     _check_prefix(view)
     return _parse_fields(_Reader(view))[0]
 
@@ -296,7 +302,7 @@ def unpack(data: Buffer) -> tuple[Header, list[bytes]]:
     Raises:
         BitstreamError: naming the field that is wrong.
     """
-    view = memoryview(data).cast("B")
+    view = _byte_view(data)
     _check_prefix(view)
     if len(view) < _MIN_FILE:
         raise BitstreamError(f"file is truncated: {len(view)} bytes is shorter than the smallest "

@@ -89,7 +89,18 @@ class Codec:
     @torch.no_grad()
     def decode(self, symbols: Symbols) -> Image.Image:
         """Symbol maps -> image in the original mode."""
+        self._check_symbols(symbols)
         return to_pil(self._reconstruct(symbols), symbols.info)
+
+    def _check_symbols(self, symbols: Symbols) -> None:
+        """Symbols handed in by a caller must fit this model: level count, map sizes, code range."""
+        expected = self.vqvae.latent_sizes(symbols.info.height, symbols.info.width)
+        if [tuple(s.shape[-2:]) for s in symbols.levels] != [tuple(e) for e in expected]:
+            raise VQCodecError(f"symbol maps {[tuple(s.shape) for s in symbols.levels]} do not fit a "
+                               f"{symbols.info.width}x{symbols.info.height} image under model {self.name!r}")
+        for level, (s, size) in enumerate(zip(symbols.levels, self.vqvae.config.codebook_size)):
+            if s.numel() and (int(s.min()) < 0 or int(s.max()) >= size):
+                raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
 
     def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
         levels = [s.to(self.device) for s in symbols.levels]
@@ -132,7 +143,7 @@ class Codec:
 
     def decode_symbols(self, data: bytes) -> Symbols:
         """.vqc bytes -> the symbol maps, entropy-decoded and checked against the stored CRC."""
-        header, chunks = bitstream.unpack(_as_bytes(data))
+        header, chunks = bitstream.unpack(data)
         self._check_header(header)
         levels = [torch.zeros((1, h, w), dtype=torch.int64) for h, w in header.level_shapes]
         for chunk, level in zip(chunks, _top_down(levels)):
@@ -236,12 +247,6 @@ def _checked_device(device: str | torch.device) -> str:
     return str(device)
 
 
-def _as_bytes(data: object) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise BitstreamError(f"expected the bytes of a .vqc file, got {type(data).__name__}")
-    return bytes(data)
-
-
 def _check_order(order: str) -> None:
     if order not in ORDERS:
         raise VQCodecError(f"unknown decode order {order!r}; choose one of {', '.join(ORDERS)}")
@@ -268,4 +273,4 @@ def compress(image: ImageLike, *, model: str | Path = "default", order: Order = 
 
 def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:
     """Decompress a .vqc file with the bundled model named in its header (or the model given)."""
-    return cached_codec(model or resolve_recorded(bitstream.read_header(_as_bytes(data)).model_name)).decompress(data)
+    return cached_codec(model or resolve_recorded(bitstream.read_header(data).model_name)).decompress(data)

@@ -7,6 +7,7 @@ with a model card beside it (`<name>.md`). Names run from low rate (vqc-1) to hi
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 
 from vqcodec.bitstream import check_model_name
@@ -33,6 +34,8 @@ def resolve(name_or_path: str | Path) -> tuple[str, Path]:
     A path's model name is its file stem, which is what files compressed with it will record, so
     the stem must be a name a .vqc header can hold (checked here, before any encoding work).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelNotFoundError(f"a model is a bundled name or a weights path, got {type(name_or_path).__name__}")
     name = DEFAULT if str(name_or_path) == "default" else str(name_or_path)
     if name in BUNDLED:
         path = _bundled_file(name)
