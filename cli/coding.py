@@ -48,8 +48,8 @@ class _Failures:
 @click.option("-m", "--model", default=DEFAULT, show_default=True, help="Bundled model name or .safetensors path.")
 @click.option("--target-bpp", type=float, help="Pick the bundled model whose rate best meets this bpp target.")
 @click.option("--mode", "order", type=click.Choice(ORDERS), default="fast", show_default=True,
-              help="Decode order: fast (4-16 network passes per level) or raster (exact PixelCNN: files 8-12 % smaller, "
-                   "4-14x slower to decode).")
+              help="Decode order: fast (4-16 network passes per level) or raster (exact PixelCNN: files "
+                   "8-12 % smaller, 4-14x slower to decode).")
 @click.option("--optimize", type=click.IntRange(min=0), default=DEFAULT_STEPS, show_default=True,
               help="Encoder effort: steps of rate-distortion optimization of the symbols (0: nearest codes, "
               "fastest). Decoding is the same whatever it was.")
