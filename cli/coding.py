@@ -137,7 +137,7 @@ def models_command() -> None:
 
 
 def _measured(card: str) -> str:
-    """The card's first Kodak measurement (the default fast order) as "Kodak 0.298 bpp, 27.81 dB", or ""."""
+    """The card's first Kodak measurement (the default fast order) as "Kodak 0.297 bpp, 27.80 dB", or ""."""
     values = dict(re.findall(r"^- (bpp|PSNR \(dB\)): ([0-9.]+)$", card, flags=re.MULTILINE)[:2])
     if set(values) != {"bpp", "PSNR (dB)"}:
         return ""

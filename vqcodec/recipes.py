@@ -102,10 +102,10 @@ RECIPES: dict[str, Recipe] = {
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=8200, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=32450, prior_crop=128,
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=38450, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=23800, refine_blocks=16)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR_X4,
-                    vqvae_steps=2000, prior_steps=33876, prior_crop=128,
+                    vqvae_steps=2000, prior_steps=39876, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=22800, refine_blocks=16)),
 }
 
