@@ -177,7 +177,7 @@ def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tupl
     pairs = _targets(inputs, output, suffix)
     seen: dict[Path, Path] = {}
     for src, dst in pairs:
-        key = Path(os.path.normpath(dst.resolve()))
+        key = dst.resolve()
         if key in seen:
             raise click.BadParameter(f"{seen[key]} and {src} would both be written to {dst}; "
                                      "compress them into different folders", param_hint="INPUTS")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -94,8 +94,7 @@ class Codec:
 
     def _check_symbols(self, symbols: Symbols) -> None:
         """Symbols handed in by a caller must fit this model: level count, map sizes, code range."""
-        expected = self.vqvae.latent_sizes(symbols.info.height, symbols.info.width)
-        if [tuple(s.shape[-2:]) for s in symbols.levels] != [tuple(e) for e in expected]:
+        if not self._fits([s.shape[-2:] for s in symbols.levels], symbols.info.height, symbols.info.width):
             raise VQCodecError(f"symbol maps {[tuple(s.shape) for s in symbols.levels]} do not fit a "
                                f"{symbols.info.width}x{symbols.info.height} image under model {self.name!r}")
         for level, (s, size) in enumerate(zip(symbols.levels, self.vqvae.config.codebook_size)):
@@ -205,13 +204,16 @@ class Codec:
         context = levels[level + 1] if level + 1 < len(levels) else None
         return self.prior.stepper(order, level, int(height), int(width), context, wavefront)  # type: ignore[arg-type]
 
+    def _fits(self, shapes: Iterable[Sequence[int]], height: int, width: int) -> bool:
+        """Whether symbol-map sizes (bottom first) are the ones this model gives a height x width image."""
+        return [tuple(s) for s in shapes] == [tuple(s) for s in self.vqvae.latent_sizes(height, width)]
+
     def _check_header(self, header: Header) -> None:
         if header.model_name != self.name:
             raise BitstreamError(f"file was made by model {header.model_name!r}, not {self.name!r}")
         if header.weights_digest != self.digest:
             raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch)")
-        expected = tuple(self.vqvae.latent_sizes(header.height, header.width))
-        if tuple(header.level_shapes) != tuple(tuple(s) for s in expected):
+        if not self._fits(header.level_shapes, header.height, header.width):
             raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
         if header.order not in ORDERS:
             raise BitstreamError(f"unknown decode order {header.order!r}")

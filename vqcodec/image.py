@@ -24,6 +24,9 @@ MODES = ("RGB", "L", "RGBA")
 MAX_SIDE = 65535  # the container stores each side in 16 bits
 MAX_PIXELS = 1 << 27  # ~134 MP: larger inputs would need more memory than a codec call should take
 
+# What Pillow's readers raise for a file that is not a (supported, intact) image.
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
 
@@ -55,7 +58,7 @@ def open_image(path: str | Path) -> Image.Image:
                 return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise ImageError("no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except _READ_ERRORS as err:
         raise ImageError(f"not a readable image ({err})") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"image too large ({err})") from None
@@ -78,7 +81,7 @@ def check_image_files(files: list[Path]) -> list[Path]:
         try:
             with Image.open(path):
                 pass
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except _READ_ERRORS as err:
             raise ImageError(f"{path} is not a readable image ({err})") from None
     return files
 
