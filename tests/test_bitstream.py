@@ -117,14 +117,16 @@ def test_golden_header() -> None:
     assert unpack(path.read_bytes())[0].model_name == "default"
 
 
-def test_version_1_files_still_parse() -> None:
-    """The version-1 golden file (written by vqcodec 0.1 before the wavefront schedule) reads as version 1."""
-    old = (EXPECTED / "header_v1.bin").read_bytes()
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_versions_still_parse(version) -> None:
+    """The golden files of vqcodec 0.1 (one-position raster schedule) and 0.2 (float32 prior)
+    read as their versions; only the version byte differs from the current container."""
+    old = (EXPECTED / f"header_v{version}.bin").read_bytes()
     header, chunks = unpack(old)
-    assert header.version == 1 and header.order == "raster"
-    assert header == replace(unpack(golden_header_file())[0], version=1)
+    assert header.version == version and header.order == "raster"
+    assert header == replace(unpack(golden_header_file())[0], version=version)
     assert chunks == [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00\x03\x00\x00\x00"]
-    assert read_header(old).version == 1
+    assert read_header(old).version == version
 
 
 def test_writers_produce_only_the_current_version() -> None:

@@ -32,7 +32,7 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
 
     result = run("info", vqc)
     assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
-    assert "format:   version 2" in result.output and "order:    fast" in result.output
+    assert "format:   version 3" in result.output and "order:    fast" in result.output
 
 
 def test_several_inputs_go_to_a_folder(tmp_path, tiny_model_path):

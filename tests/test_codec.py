@@ -31,23 +31,30 @@ def test_round_trip_is_bit_exact(codec, order, size):
     assert np.array_equal(np.asarray(restored), np.asarray(codec.decode(encoded)))
 
 
-def version_1_raster_file(codec, image) -> bytes:
-    """What vqcodec 0.1 wrote for order="raster": the one-position raster scan, version byte 1."""
-    symbols = codec.encode(image, order="raster").levels
-    chunks = [codec._encode_level(symbols, level, "raster", wavefront=False) for level in reversed(range(len(symbols)))]
-    header, _ = bitstream.unpack(codec.compress(image, order="raster"))
+def older_version_file(codec, image, order: str, version: int) -> bytes:
+    """What an older vqcodec wrote: version 1 (0.1) had the one-position raster scan and version 2
+    (0.2) the wavefront one, both coded with the float32 prior; only the version byte marks them."""
+    symbols = codec.encode(image, order=order).levels
+    chunks = [codec._encode_level(symbols, level, order, version=version) for level in reversed(range(len(symbols)))]
+    header, _ = bitstream.unpack(codec.compress(image, order=order))
     body = bytearray(bitstream.pack(header, chunks)[:-4])
-    body[3] = 1
+    body[3] = version
     return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
 
 
-def test_version_1_raster_files_still_decode(codec):
+@pytest.mark.parametrize("order, version", [("raster", 1), ("raster", 2), ("fast", 2)])
+def test_older_version_files_still_decode(codec, order, version):
     image = Image.fromarray(photo_like(37, 53, seed=4))
-    old, new = version_1_raster_file(codec, image), codec.compress(image, order="raster")
-    assert bitstream.unpack(old)[0].version == 1 and bitstream.unpack(new)[0].version == bitstream.VERSION
-    assert bitstream.unpack(old)[1] != bitstream.unpack(new)[1]  # another schedule, other rANS words
+    old, new = older_version_file(codec, image, order, version), codec.compress(image, order=order)
+    assert bitstream.unpack(old)[0].version == version and bitstream.unpack(new)[0].version == bitstream.VERSION
     assert np.array_equal(np.asarray(codec.decompress(old)), np.asarray(codec.decompress(new)))
-    # The wavefront schedule cannot read a version-1 chunk: the version byte selects the schedule.
+
+
+def test_the_version_byte_selects_schedule_and_arithmetic(codec):
+    """A version-1 raster chunk read with the current schedule and exact prior fails its checks."""
+    image = Image.fromarray(photo_like(37, 53, seed=4))
+    old = older_version_file(codec, image, "raster", 1)
+    assert bitstream.unpack(old)[1] != bitstream.unpack(codec.compress(image, order="raster"))[1]
     forged = bytearray(old[:-4])
     forged[3] = bitstream.VERSION
     forged += struct.pack("<I", zlib.crc32(bytes(forged)))

@@ -1,6 +1,6 @@
 """The .vqc container: header, entropy-coded chunks, checksums. Standard library only.
 
-Layout (versions 1 and 2, little-endian; docs/bitstream.md is the normative spec)::
+Layout (versions 1 to 3, little-endian; docs/bitstream.md is the normative spec)::
 
     prefix   "VQC" | version u8 | flags u8 | mode u8 | width u16 | height u16        10 bytes
     model    name length u8 | name (ASCII)                                      1 + 1..32
@@ -31,8 +31,9 @@ __all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", 
            "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
-VERSION = 2  # what writers produce; 2: raster-order chunks are coded one wavefront per step
-READABLE_VERSIONS = (1, 2)  # version 1 differs only in the raster schedule (one position per step)
+VERSION = 3  # what writers produce; 3: probabilities from the exact prior (vqcodec.exact)
+# Version 2 coded with the float32 prior; version 1 also had the one-position raster schedule.
+READABLE_VERSIONS = (1, 2, 3)
 
 MAX_SIDE = 65535                 # image sides and symbol-map sides
 MAX_PIXELS = 1 << 28             # width * height (16384 x 16384): bounds what a reader allocates

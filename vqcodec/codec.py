@@ -10,8 +10,10 @@ decompress:  bytes ─► bitstream.unpack ─► for level top → bottom: step
 ```
 
 The encoder walks exactly the same decode schedule and calls the same `stepper.logits` as the
-decoder, so both sides hand bit-identical probability tables to the coder. The prior always runs
-on the CPU in float32 (it is small), so a file encoded with the VQ-VAE on a GPU decodes on a CPU.
+decoder, so both sides hand bit-identical probability tables to the coder. Coding runs the prior
+on the CPU in exact integer arithmetic (`vqcodec.exact`, format version 3), so a file decodes
+whatever the thread count, CPU or GPU of either side; versions 1 and 2 were coded with the
+float32 prior and decode only where float32 sums come out the same (same machine and threads).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import bitstream, entropy, rdo
+from vqcodec import bitstream, entropy, exact, rdo
 from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
@@ -49,7 +51,8 @@ class Codec:
 
     def __init__(self, vqvae: VQVAE2, prior: SymbolPrior, *, name: str, digest: bytes, device: str = "cpu"):
         self.vqvae = vqvae.eval().to(device)
-        self.prior = prior.eval().cpu()
+        self.prior = prior.eval().cpu()  # float: encoder-side rate estimates and optimization
+        self.exact_prior = exact.exact_prior(self.prior)  # coding: the same probabilities everywhere
         self.name = name
         self.digest = digest
         self.device = torch.device(device)
@@ -146,7 +149,7 @@ class Codec:
         self._check_header(header)
         levels = [torch.zeros((1, h, w), dtype=torch.int64) for h, w in header.level_shapes]
         for chunk, level in zip(chunks, _top_down(levels)):
-            self._decode_level(chunk, levels, level, header.order, wavefront=header.version >= 2)
+            self._decode_level(chunk, levels, level, header.order, header.version)
         if symbols_crc(levels) != header.symbols_crc:
             raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
         return Symbols(levels, ImageInfo(header.mode, header.height, header.width))
@@ -173,8 +176,9 @@ class Codec:
     # ---- one level of entropy coding -------------------------------------------------------------
 
     @torch.no_grad()
-    def _encode_level(self, levels: list[torch.Tensor], level: int, order: str, wavefront: bool = True) -> bytes:
-        stepper = self._stepper(levels, level, order, wavefront)
+    def _encode_level(self, levels: list[torch.Tensor], level: int, order: str,
+                      version: int = bitstream.VERSION) -> bytes:
+        stepper = self._stepper(levels, level, order, version)
         flat = levels[level].reshape(-1)
         steps = []
         for step, positions in enumerate(stepper.schedule):
@@ -185,8 +189,8 @@ class Codec:
 
     @torch.no_grad()
     def _decode_level(self, chunk: bytes, levels: list[torch.Tensor], level: int, order: str,
-                      wavefront: bool = True) -> None:
-        stepper = self._stepper(levels, level, order, wavefront)
+                      version: int = bitstream.VERSION) -> None:
+        stepper = self._stepper(levels, level, order, version)
         decoder = entropy.SymbolDecoder(chunk)
         flat = levels[level].view(-1)
         codebook_size = self.prior.config.codebook_size[level]
@@ -198,11 +202,14 @@ class Codec:
             flat[positions] = torch.from_numpy(values.astype(np.int64))
         decoder.finish()
 
-    def _stepper(self, levels: list[torch.Tensor], level: int, order: str, wavefront: bool = True):
-        """wavefront=False: the one-position raster schedule of format version 1 (reading old files)."""
+    def _stepper(self, levels: list[torch.Tensor], level: int, order: str, version: int = bitstream.VERSION):
+        """The decode steps of a format version: version 1 has the one-position raster schedule,
+        versions 1 and 2 the float32 prior, version 3 the exact one."""
         height, width = levels[level].shape[1:]
         context = levels[level + 1] if level + 1 < len(levels) else None
-        return self.prior.stepper(order, level, int(height), int(width), context, wavefront)  # type: ignore[arg-type]
+        prior = self.exact_prior if version >= 3 else self.prior
+        return prior.stepper(order, level, int(height), int(width), context,  # type: ignore[operator]
+                             wavefront=version >= 2)
 
     def _fits(self, shapes: Iterable[Sequence[int]], height: int, width: int) -> bool:
         """Whether symbol-map sizes (bottom first) are the ones this model gives a height x width image."""

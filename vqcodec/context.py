@@ -25,10 +25,15 @@ KERNEL = 3  # later gated layers: 1 row above + own row, 1 column each side (mas
 CONDITION_CONVS = 2  # 3x3 convolutions on the coarser grid before upsampling
 
 
-def _gate(x: Tensor) -> Tensor:
-    """(B, 2C, ...) -> (B, C, ...): tanh(a) * sigmoid(b), the gated unit of the paper."""
-    a, b = x.chunk(2, dim=1)
-    return torch.tanh(a) * torch.sigmoid(b)
+class Gate(nn.Module):
+    """(B, 2C, ...) -> (B, C, ...): tanh(a) * sigmoid(b), the gated unit of the paper.
+
+    A module (no weights) so that `exact.exact_prior` can swap in its table-based twin.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
 
 
 def _plus(x: Tensor, bias: Tensor | None) -> Tensor:
@@ -138,6 +143,7 @@ class GatedLayer(nn.Module):
         self.h_conv = nn.Conv2d(channels, 2 * channels, (1, rows))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
+        self.gate = Gate()
 
     def pad(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Full-map inputs (B, C, h, w) -> zero-padded (and, for the first layer, shifted) inputs."""
@@ -167,7 +173,7 @@ class GatedLayer(nn.Module):
         if cond is not None:
             h_conv = h_conv + _bottom_right(cond, hh, wh)
         h_pre = h_conv + self.v_to_h(_bottom_left(v_pre, hh, wh))
-        v, h = _gate(v_pre), self.h_out(_gate(h_pre))
+        v, h = self.gate(v_pre), self.h_out(self.gate(h_pre))
         if not self.first:  # residual; the first layer's input holds the current symbol
             h = h + h_in[..., h_in.shape[-1] - wh :]
         if inside is not None:  # what the padding of the next layer would see: zeros off the map

@@ -12,7 +12,9 @@ decoding in a quarter of trials). ``canonical_probabilities`` therefore rounds l
 1/32-nat grid and looks ``exp`` up in a table of correctly rounded values built with
 ``decimal`` (numpy's SIMD ``exp`` differs from the correctly rounded value in about a quarter
 of these inputs and may differ between CPUs); the normalising sum is a sequential
-``cumsum`` (numpy's pairwise ``sum`` may be vectorised differently on other machines).
+``cumsum`` (numpy's pairwise ``sum`` may be vectorised differently on other machines). The
+rounding cannot make float32 noise harmless (a logit near a grid boundary flips), so the
+logits themselves come from the exact prior (``vqcodec.exact``), the same on every machine.
 
 Stream layout: ANS is a stack (last in, first out). ``encode_steps`` starts from a coder that
 holds one guard word, pushes the steps in reverse decode order and each step with

@@ -117,7 +117,7 @@ class RasterStepper(LevelStepper):
     def __init__(self, net: GatedPixelCNN, height: int, width: int, context: Tensor | None,
                  wavefront: bool = True) -> None:
         self.net, self.height, self.width = net, height, width
-        device = net.head[-1].weight.device
+        device = net.embed.weight.device
         m, box = net.margin, net.box
         flat = torch.arange(height * width)
         if wavefront:
@@ -169,7 +169,7 @@ class GroupStepper(LevelStepper):
 
     def __init__(self, net: GroupedContextModel, height: int, width: int, context: Tensor | None) -> None:
         self.net, self.height, self.width = net, height, width
-        device = net.head[-1].weight.device
+        device = net.embed.weight.device
         self.features = net.features(None if context is None else context.to(device), height, width)
         s = net.side
         hp, wp = net.padded_size(height, width)
