@@ -119,3 +119,20 @@ def test_files_decode_with_another_thread_count(threads):
     decoded = codec.decode_symbols(data).levels
     assert all(torch.equal(a, b) for a, b in zip(expected, decoded))
     assert np.asarray(codec.decompress(data)).shape == (256, 384, 3)
+
+
+def test_input_lookup_tables_give_the_convolution_bit_for_bit():
+    """The fast order's table-driven input layer forms the same integer sums as ExactConv."""
+    prior = exact.exact_prior(small_prior())
+    torch.manual_seed(5)
+    top, bottom = torch.randint(0, 32, (1, 12, 16)), torch.randint(0, 64, (1, 23, 30))  # ragged: padded cells
+    with_tables = []
+    for level, symbols, context in ((0, bottom, top), (1, top, None)):
+        stepper = prior.stepper("fast", level, *symbols.shape[-2:], context)
+        with_tables.append([stepper.logits(step, symbols) for step in range(len(stepper.schedule))])
+    for net in prior.fast:
+        net.input_table = None  # back to ExactConv on the unshuffled embedding
+    for level, symbols, context in ((0, bottom, top), (1, top, None)):
+        stepper = prior.stepper("fast", level, *symbols.shape[-2:], context)
+        plain = [stepper.logits(step, symbols) for step in range(len(stepper.schedule))]
+        assert all(torch.equal(a, b) for a, b in zip(with_tables[level], plain))

@@ -291,6 +291,8 @@ class GroupedContextModel(nn.Module):
             self.condition = ConditionNet(context_codebook_size, channels, upsample)
             self.cond_proj = nn.Conv2d(side * side * channels, (units + 1) * channels, 1)
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
+        # `exact.exact_prior` installs its lookup-table twin of embed + inp here (same numbers, faster).
+        self.input_table: nn.Module | None = None
 
     @torch.no_grad()
     def warm_start(self, source: GroupedContextModel) -> None:
@@ -368,9 +370,12 @@ class GroupedContextModel(nn.Module):
             (B, K, hp / s, wp / s) float32: cell (I, J) holds the logits of that block's position
             of the group being decoded.
         """
-        x = self.embed(symbols).permute(0, 3, 1, 2) * visible  # (B, C, hp, wp)
-        x = torch.cat([x, visible.expand(x.shape[0], 1, -1, -1)], dim=1)
-        x = self.inp(F.pixel_unshuffle(x, self.side))  # (B, C, hp / s, wp / s)
+        if self.input_table is not None:
+            x = self.input_table(symbols, visible)
+        else:
+            x = self.embed(symbols).permute(0, 3, 1, 2) * visible  # (B, C, hp, wp)
+            x = torch.cat([x, visible.expand(x.shape[0], 1, -1, -1)], dim=1)
+            x = self.inp(F.pixel_unshuffle(x, self.side))  # (B, C, hp / s, wp / s)
         count = len(self.units) + 1
         biases: list[Tensor | None] = [None] * count if features is None else list(features.chunk(count, dim=1))
         x = _plus(x, biases[0])

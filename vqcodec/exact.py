@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqcodec.context import Gate
+from vqcodec.context import Gate, GroupedContextModel
 
 FRACTION_BITS = 12  # activations are rounded to multiples of 2^-12 before each convolution
 WEIGHT_BITS = 15  # weights: integers in [-(2^15 - 1), 2^15 - 1] times a per-channel scale
@@ -93,6 +93,44 @@ def _tap_sum(grid: Tensor, codes: Tensor, padding: tuple[int, int]) -> Tensor:
     return total
 
 
+class ExactGroupedInput(nn.Module):
+    """The fast order's input layer, inp(unshuffle(embed(symbols) * visible, visible)), as lookups.
+
+    inp is linear and its input per cell is one symbol and one visibility bit per phase, so its
+    integer sum is a sum over the s * s phases of precomputed integer rows: for phase p and code k,
+    T[p, k] = sum_c Wq[:, c s^2 + p] * round(embed[k, c] * 2^F), plus Wq[:, C s^2 + p] * 2^F for the
+    visibility channel, where visible. The sums are the ones ExactConv would form, so the output
+    is bit-identical to ExactConv(inp) on the unshuffled input, without the full-resolution tensors.
+    """
+
+    def __init__(self, embed: nn.Embedding, inp: nn.Conv2d, side: int) -> None:
+        super().__init__()
+        conv = ExactConv(inp)
+        phases, channels = side * side, embed.weight.shape[1]
+        codes = conv.codes[:, :, 0, 0].view(-1, channels + 1, phases)  # (out, C + 1, s*s), channel-major
+        grid = torch.round(embed.weight.detach().double() * 2.0**FRACTION_BITS).clamp(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        self.register_buffer("rows", torch.einsum("kc,ocp->pko", grid, codes[:, :channels]).contiguous())  # (s*s, K, out)
+        self.register_buffer("visible_rows", (codes[:, channels] * 2.0**FRACTION_BITS).t().contiguous())  # (s*s, out)
+        self.register_buffer("scale", conv.scale)
+        self.register_buffer("bias", conv.bias)
+        self.side = side
+
+    def forward(self, symbols: Tensor, visible: Tensor) -> Tensor:
+        """symbols (B, hp, wp) int64, visible (1, 1, hp, wp) 0/1 -> (B, out, hp / s, wp / s) float64."""
+        s = self.side
+        batch, hp, wp = symbols.shape
+        cells = symbols.view(batch, hp // s, s, wp // s, s)
+        shown = visible.to(torch.float64).view(1, hp // s, s, wp // s, s)
+        total = None
+        for i in range(s):
+            for j in range(s):
+                phase = i * s + j
+                part = (self.rows[phase][cells[:, :, i, :, j]] + self.visible_rows[phase]) \
+                    * shown[:, :, i, :, j].unsqueeze(-1)  # (B, hp/s, wp/s, out): integers, or 0
+                total = part if total is None else total.add_(part)
+        return total.permute(0, 3, 1, 2) * self.scale + self.bias
+
+
 @functools.lru_cache(maxsize=1)
 def sigmoid_table() -> Tensor:
     """(2 * GATE_RANGE * 2^GATE_BITS + 1,) float64: sigmoid(k / 2^GATE_BITS) for k = -n .. n.
@@ -133,6 +171,9 @@ def exact_prior(prior: nn.Module) -> nn.Module:
     prior. The copy computes the same `logits`/`stepper` interface.
     """
     exact = copy.deepcopy(prior).double().eval()
+    for module in list(exact.modules()):
+        if isinstance(module, GroupedContextModel):
+            module.input_table = ExactGroupedInput(module.embed, module.inp, module.side)
     for module in list(exact.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
