@@ -385,12 +385,14 @@ def measured_lines(name: str, results_dir: Path | None) -> list[str]:
             i = data["points"].index(name)
             steps = data.get("settings", {}).get("optimize_steps")
             effort = f"encoder: {steps} rate-distortion optimisation steps; " if steps else ""
+            version = data.get("settings", {}).get("format_version", 2)  # runs before 0.3 did not record it
             lines += ["", f"## Measured on Kodak (24 images; whole .vqc files, header included; {order} order; "
-                      f"{effort}1 CPU thread on a shared 2-core machine)", ""]
+                      f"format version {version}; {effort}1 CPU thread on a shared 2-core machine)", ""]
             for key, label in (("bpp", "bpp"), ("psnr-rgb", "PSNR (dB)"), ("ms-ssim-rgb", "MS-SSIM"),
                                ("encoding_time", "encode (s/image)"), ("decoding_time", "decode (s/image)")):
                 if key in data["results"]:
                     lines.append(f"- {label}: {data['results'][key][i]:.4f}")
+    lines += exact_coding_lines(name)
     usage_file = ROOT / "benchmarks" / "results" / "codebook_usage.json"
     if usage_file.exists():
         levels = json.loads(usage_file.read_text())["models"].get(name, [])
@@ -401,6 +403,27 @@ def measured_lines(name: str, results_dir: Path | None) -> list[str]:
         if low:
             lines.append(f"- Below the 90% bar on level(s) {', '.join(map(str, low))}: those codes are learnt "
                          "but rarely chosen on photos; longer training on large crops is the known remedy.")
+    return lines
+
+
+def exact_coding_lines(name: str) -> list[str]:
+    """What format version 3's exact prior changed against the measurements above (exact_coding.py)."""
+    result = ROOT / "benchmarks" / "results" / "exact_coding.json"
+    rows = [row for order in json.loads(result.read_text()).values() for row in order["rows"]
+            if row["model"] == name] if result.exists() else []
+    if not rows:
+        return []
+    lines = ["", "## Format version 3: the exact prior (benchmarks/exact_coding.py, 1 CPU thread)", "",
+             "Version 3 codes the same symbols as version 2 with the exact prior (`vqcodec/exact.py`) "
+             "instead of the float32 one, so files decode on any machine; the pictures are the same and "
+             "only the coded bytes and the coding time move. The Kodak sections above come from whichever "
+             "version the benchmark last ran in (named in their titles) and from different days of a shared "
+             "machine: compare their times only within a section.", ""]
+    for row in rows:
+        lines.append(f"- {row['order']} order, first {row['images']} Kodak images: {row['float_bytes']} -> "
+                     f"{row['exact_bytes']} bytes ({row['size_change']:+.4%}); the prior's coding passes "
+                     f"{row['float_s'] / row['images']:.2f} -> {row['exact_s'] / row['images']:.2f} s per image "
+                     f"(x{row['time_ratio']:.2f}; decoding walks the same passes)")
     return lines
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vqcodec import entropy
-from vqcodec.entropy import SymbolDecoder, canonical_probabilities, encode_steps, ideal_bits
+from vqcodec.entropy import SymbolDecoder, SymbolEncoder, canonical_probabilities, encode_steps, ideal_bits
 from vqcodec.errors import BitstreamError
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -53,6 +53,16 @@ def test_round_trip(seed: int) -> None:
 def test_encoding_is_deterministic() -> None:
     steps = random_steps(7)
     assert encode_steps(steps) == encode_steps(steps)
+
+
+def test_step_by_step_encoder_writes_the_same_stream() -> None:
+    steps = random_steps(8)
+    encoder = SymbolEncoder()
+    for symbols, probs in reversed(steps):
+        encoder.push(symbols, probs)
+    assert encoder.finish() == encode_steps(steps)
+    with pytest.raises(ValueError, match="lie in"):
+        SymbolEncoder().push(np.array([5]), canonical_probabilities(np.zeros((1, 3), np.float32)))
 
 
 def test_no_steps_and_empty_steps_round_trip() -> None:

@@ -136,3 +136,16 @@ def test_input_lookup_tables_give_the_convolution_bit_for_bit():
         stepper = prior.stepper("fast", level, *symbols.shape[-2:], context)
         plain = [stepper.logits(step, symbols) for step in range(len(stepper.schedule))]
         assert all(torch.equal(a, b) for a, b in zip(with_tables[level], plain))
+
+
+@pytest.mark.parametrize("rows", [4, 8, 12])
+def test_banded_conditioning_features_are_bit_identical(rows):
+    """Bands bound the memory of large maps; in exact arithmetic they change no bit."""
+    net = exact.exact_prior(small_prior()).fast[0]
+    torch.manual_seed(6)
+    context = torch.randint(0, 32, (1, 12, 16))
+    for height, width in ((24, 32), (23, 30), (21, 31)):  # ragged: padded rows in the last band
+        net.feature_band_rows = 0
+        whole = net.features(context, height, width)
+        net.feature_band_rows = rows
+        assert torch.equal(net.features(context, height, width), whole)

@@ -180,12 +180,13 @@ class Codec:
                       version: int = bitstream.VERSION) -> bytes:
         stepper = self._stepper(levels, level, order, version)
         flat = levels[level].reshape(-1)
-        steps = []
-        for step, positions in enumerate(stepper.schedule):
+        encoder = entropy.SymbolEncoder()
+        # The encoder knows every symbol, so it computes the steps last to first, as rANS pushes
+        # them, and holds one probability table at a time (all of a 12 MP image's: 1.5 GB).
+        for step in reversed(range(len(stepper.schedule))):
             logits = stepper.logits(step, levels[level])
-            probs = entropy.canonical_probabilities(logits.numpy())
-            steps.append((flat[positions].numpy(), probs))
-        return entropy.encode_steps(steps)
+            encoder.push(flat[stepper.schedule[step]].numpy(), entropy.canonical_probabilities(logits.numpy()))
+        return encoder.finish()
 
     @torch.no_grad()
     def _decode_level(self, chunk: bytes, levels: list[torch.Tensor], level: int, order: str,

@@ -293,6 +293,7 @@ class GroupedContextModel(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
         # `exact.exact_prior` installs its lookup-table twin of embed + inp here (same numbers, faster).
         self.input_table: nn.Module | None = None
+        self.feature_band_rows = 0  # > 0: `features` works in bands of about this many rows (exact copies)
 
     @torch.no_grad()
     def warm_start(self, source: GroupedContextModel) -> None:
@@ -350,13 +351,33 @@ class GroupedContextModel(nn.Module):
         return visible.float().view(1, 1, hp, wp)
 
     def features(self, context: Tensor | None, height: int, width: int) -> Tensor | None:
-        """context (B, h', w') int64 -> per-unit biases (B, (units + 1) * C, hp / s, wp / s), or None."""
+        """context (B, h', w') int64 -> per-unit biases (B, (units + 1) * C, hp / s, wp / s), or None.
+
+        With `feature_band_rows` set, computed band by band (each with the rows the conditioning
+        convolutions reach around it), which bounds memory on large maps; exact arithmetic gives
+        the whole-map result bit for bit, float arithmetic the same up to rounding.
+        """
         if self.condition is None or self.cond_proj is None:
             return None
         assert context is not None, "a conditioned level needs the coarser level's symbols"
-        cond = self.condition(context)[..., :height, :width]  # (B, C, h, w)
-        hp, wp = self.padded_size(height, width)
-        cond = F.pad(cond, (0, wp - width, 0, hp - height))
+        hp, _ = self.padded_size(height, width)
+        up = self.condition.up.stride[0]
+        band = -(-self.feature_band_rows // (self.side * up)) * self.side * up  # whole cells on both grids
+        if not band or band >= hp:
+            return self._band_features(context, 0, hp, height, width)
+        return torch.cat([self._band_features(context, top, min(top + band, hp), height, width)
+                          for top in range(0, hp, band)], dim=2)
+
+    def _band_features(self, context: Tensor, top: int, bottom: int, height: int, width: int) -> Tensor:
+        """Biases of this level's (padded) rows top .. bottom - 1, multiples of s and of the upsampling."""
+        assert self.condition is not None and self.cond_proj is not None
+        up = self.condition.up.stride[0]
+        first = max(0, top // up - CONDITION_CONVS)  # context rows the band's 3x3 convolutions read
+        last = min(context.shape[-2], -(-bottom // up) + CONDITION_CONVS)
+        cond = self.condition(context[..., first:last, :])[..., top - first * up :, :width]
+        inside = max(0, min(bottom, height) - top)  # rows of the band on the map; the rest are padding
+        _, wp = self.padded_size(height, width)
+        cond = F.pad(cond[..., :inside, :], (0, wp - width, 0, bottom - top - inside))
         return self.cond_proj(F.pixel_unshuffle(cond, self.side))
 
     def pass_logits(self, symbols: Tensor, visible: Tensor, features: Tensor | None) -> Tensor:

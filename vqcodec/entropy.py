@@ -3,7 +3,7 @@
 The only module that imports ``constriction``; it never imports torch. The torch side stops at
 logits; ``codec.py`` converts them to numpy and hands them here::
 
-    logits (n, K) float32 ─► canonical_probabilities ─► probs (n, K) float64 ─┬─► encode_steps ─► bytes
+    logits (n, K) float32 ─► canonical_probabilities ─► probs (n, K) float64 ─┬─► encode_steps | SymbolEncoder ─► bytes
                                                                               └─► SymbolDecoder.decode
 
 Determinism: the encoder and the decoder must hand constriction bit-identical probabilities
@@ -44,7 +44,7 @@ import numpy as np
 
 from vqcodec.errors import BitstreamError
 
-__all__ = ["GRID_PER_NAT", "canonical_probabilities", "encode_steps", "SymbolDecoder", "ideal_bits"]
+__all__ = ["GRID_PER_NAT", "canonical_probabilities", "encode_steps", "SymbolEncoder", "SymbolDecoder", "ideal_bits"]
 
 GRID_PER_NAT = 32
 """Logits are rounded to multiples of 1 / GRID_PER_NAT nats before the softmax."""
@@ -143,20 +143,44 @@ def encode_steps(steps: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
         ValueError: shapes, dtypes or symbol ranges are wrong, or probs cannot be normalised.
     """
     checked = []
-    for symbols, probs in steps:
+    for symbols, probs in steps:  # every step is checked before any is coded
         symbols, probs = np.asarray(symbols), np.asarray(probs)
         _check_step(symbols, probs)
         checked.append((symbols, probs))
-    coder = constriction.stream.stack.AnsCoder(np.array([_GUARD], dtype=np.uint32))
-    # ANS is LIFO: push the last decode step first, and each step with encode_reverse.
+    encoder = SymbolEncoder()
     for symbols, probs in reversed(checked):
+        encoder.push(symbols, probs)
+    return encoder.finish()
+
+
+class SymbolEncoder:
+    """``encode_steps`` one step at a time, steps pushed in REVERSE decode order (ANS is a stack).
+
+    Lets a caller that can compute any step's probabilities on demand (the codec: the encoder
+    knows every symbol) hold one step's table at a time instead of all of them.
+    """
+
+    def __init__(self) -> None:
+        self._coder = constriction.stream.stack.AnsCoder(np.array([_GUARD], dtype=np.uint32))
+
+    def push(self, symbols: np.ndarray, probs: np.ndarray) -> None:
+        """Code one step (the decoder will read it before every step pushed earlier).
+
+        Raises:
+            ValueError: shapes, dtypes or symbol ranges are wrong, or constriction refuses the step.
+        """
+        symbols, probs = np.asarray(symbols), np.asarray(probs)
+        _check_step(symbols, probs)
         if symbols.shape[0] == 0 or probs.shape[1] == 1:
-            continue
+            return
         try:
-            coder.encode_reverse(symbols.astype(np.int32), _CATEGORICAL, np.ascontiguousarray(probs))
+            self._coder.encode_reverse(symbols.astype(np.int32), _CATEGORICAL, np.ascontiguousarray(probs))
         except (ValueError, KeyError) as err:
             raise ValueError(f"constriction refused a step: {err}") from None
-    return coder.get_compressed().astype("<u4").tobytes()
+
+    def finish(self) -> bytes:
+        """The compressed words as little-endian uint32 bytes."""
+        return self._coder.get_compressed().astype("<u4").tobytes()
 
 
 class SymbolDecoder:

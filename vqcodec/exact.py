@@ -37,6 +37,9 @@ WEIGHT_BITS = 15  # weights: integers in [-(2^15 - 1), 2^15 - 1] times a per-cha
 # products per output (1,296 in the bundled models) every partial sum stays below 2^52.
 ACTIVATION_LIMIT = 2.0**26
 MAX_FAN_IN = 2**11
+# The fast order's conditioning features are computed in bands of this many rows: whole, a 12 MP
+# image's bottom level needed 1.5 GB in float64 for them.
+FEATURE_BAND_ROWS = 128
 GATE_BITS = 10  # gate inputs are rounded to multiples of 2^-10 before the table lookup
 GATE_RANGE = 16  # sigmoid is tabulated on [-16, 16]; beyond it, the end values
 
@@ -68,7 +71,7 @@ class ExactConv(nn.Module):
         self.output_padding = getattr(conv, "output_padding", (0, 0))
 
     def forward(self, x: Tensor) -> Tensor:
-        grid = torch.round(x.double() * 2.0**FRACTION_BITS).clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        grid = x.double().mul(2.0**FRACTION_BITS).round_().clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)  # one new tensor
         if self.transposed:
             total = F.conv_transpose2d(grid, self.codes, stride=self.stride, padding=self.padding,
                                        output_padding=self.output_padding)
@@ -76,7 +79,7 @@ class ExactConv(nn.Module):
             total = _tap_sum(grid, self.codes, self.padding)
         else:
             total = F.conv2d(grid, self.codes, stride=self.stride, padding=self.padding)
-        return total * self.scale + self.bias  # two correctly rounded operations, no fused multiply-add
+        return total.mul_(self.scale).add_(self.bias)  # two correctly rounded operations, no fused multiply-add
 
 
 def _tap_sum(grid: Tensor, codes: Tensor, padding: tuple[int, int]) -> Tensor:
@@ -128,7 +131,7 @@ class ExactGroupedInput(nn.Module):
                 part = (self.rows[phase][cells[:, :, i, :, j]] + self.visible_rows[phase]) \
                     * shown[:, :, i, :, j].unsqueeze(-1)  # (B, hp/s, wp/s, out): integers, or 0
                 total = part if total is None else total.add_(part)
-        return total.permute(0, 3, 1, 2) * self.scale + self.bias
+        return total.permute(0, 3, 1, 2).mul_(self.scale).add_(self.bias)
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,6 +177,7 @@ def exact_prior(prior: nn.Module) -> nn.Module:
     for module in list(exact.modules()):
         if isinstance(module, GroupedContextModel):
             module.input_table = ExactGroupedInput(module.embed, module.inp, module.side)
+            module.feature_band_rows = FEATURE_BAND_ROWS
     for module in list(exact.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):

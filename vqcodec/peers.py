@@ -189,6 +189,7 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     """vqcodec's bundled models (or `models`: bundled names or weights files) as one curve decoded in `order`."""
     from vqcodec.codec import Codec
     from vqcodec.models import list_models
+    from vqcodec.bitstream import VERSION
     from vqcodec.rdo import DEFAULT_STEPS
 
     names = [n for n in (models or list_models()) if n != "default"]  # "default" would repeat a point
@@ -206,7 +207,7 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
         description=f"vqcodec models {names}, decode order {order!r}, default encoder effort, CPU",
         points=tuple(points),
         settings={"models": names, "order": order, "optimize_steps": DEFAULT_STEPS, "device": "cpu",
-                  "weights_digest": digests},
+                  "weights_digest": digests, "format_version": VERSION},
     )
 
 
