@@ -15,8 +15,9 @@ or thread count. What remains are single IEEE operations, correctly rounded on e
 sigmoid come from a table built with `decimal`. The integer weights and scales are derived from
 the model's float weights by the same deterministic steps on both sides.
 
-Measured on the bundled models: the coded size moves by about 1e-5 relative (the fixed-point
-grid is far finer than the probability grid); prior passes take about 2.5x longer than float32.
+Measured on the bundled models (benchmarks/exact_coding.py): coded sizes move by +0.000 to
++0.015 % (the fixed-point grid is far finer than the probability grid); the coding passes take
+1.6-1.9x their float32 time in the fast order, 1.6-2.5x in the raster order.
 """
 
 from __future__ import annotations
