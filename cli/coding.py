@@ -112,7 +112,8 @@ def info_command(path: Path) -> None:
         raise click.ClickException(f"{path}: {err}") from None
     pixels = header.width * header.height
     click.echo(f"file:     {path} ({len(data)} bytes, {8 * len(data) / pixels:.4f} bpp)")
-    click.echo(f"format:   version {header.version}")
+    arithmetic = "exact prior" if header.version >= 3 else "float32 prior: decodes where float32 sums match the writer's"
+    click.echo(f"format:   version {header.version} ({arithmetic})")
     click.echo(f"model:    {header.model_name} (weights {header.weights_digest.hex()})")
     click.echo(f"image:    {header.width}x{header.height} {header.mode}")
     click.echo(f"order:    {header.order}")

@@ -32,7 +32,15 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
 
     result = run("info", vqc)
     assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
-    assert "format:   version 3" in result.output and "order:    fast" in result.output
+    assert "format:   version 3 (exact prior)" in result.output and "order:    fast" in result.output
+
+
+def test_info_says_which_arithmetic_an_older_file_needs():
+    """Format 2 files were coded with the float32 prior: `info` says they decode only where it matches."""
+    golden = Path(__file__).parent / "expected" / "header_v2.bin"
+    result = run("info", str(golden))
+    assert result.exit_code == 0, result.output
+    assert "format:   version 2 (float32 prior: decodes where float32 sums match the writer's)" in result.output
 
 
 def test_several_inputs_go_to_a_folder(tmp_path, tiny_model_path):
