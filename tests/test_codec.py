@@ -243,3 +243,18 @@ def test_caller_mistakes_with_models_headers_and_symbols_are_codec_errors(codec)
         codec.decode(symbols._replace(levels=[bad, *symbols.levels[1:]]))
     with pytest.raises(VQCodecError, match="do not fit"):
         codec.decode(symbols._replace(levels=symbols.levels[:1]))
+
+
+def test_edited_symbols_compress_to_a_file_of_exactly_those_symbols(codec):
+    symbols = codec.encode(photo_like(24, 40, seed=4), optimize=0)
+    edited = [s.clone() for s in symbols.levels]
+    edited[0][0, :2, :3] = (edited[0][0, :2, :3] + 1) % codec.vqvae.config.codebook_size[0]
+    data = codec.compress_symbols(symbols._replace(levels=edited), order="raster")
+    decoded = codec.decode_symbols(data)
+    assert all(torch.equal(a, b) for a, b in zip(decoded.levels, edited)) and decoded.info == symbols.info
+    assert bitstream.read_header(data).order == "raster"
+    assert codec.compress_symbols(symbols) == codec.compress(photo_like(24, 40, seed=4), optimize=0)
+    with pytest.raises(VQCodecError, match="outside its codebook"):
+        codec.compress_symbols(symbols._replace(levels=[edited[0] + 10**6, *edited[1:]]))
+    with pytest.raises(VQCodecError, match="order"):
+        codec.compress_symbols(symbols, order="sideways")  # type: ignore[arg-type]

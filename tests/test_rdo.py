@@ -46,11 +46,29 @@ def test_optimized_files_round_trip_and_decode_like_any_file(codec):
     assert codec.compress(image, optimize=0) != codec.compress(image, optimize=3)
 
 
-def test_large_images_keep_the_nearest_codes(codec, monkeypatch):
+def test_an_image_in_one_tile_gets_the_whole_image_result(codec, monkeypatch):
+    x, _ = to_tensor(photo_like(48, 64, seed=7))
+    whole = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 5)
+    monkeypatch.setattr(rdo, "MAX_PIXELS", 100)  # the tiled path, with one tile covering everything
+    monkeypatch.setattr(rdo, "TILE_PIXELS", 64)
+    tiled = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 5)
+    assert all(torch.equal(a, b) for a, b in zip(tiled, whole))
+
+
+def test_large_images_are_optimised_tile_by_tile(codec, monkeypatch):
     monkeypatch.setattr(rdo, "MAX_PIXELS", 100)
-    x, _ = to_tensor(photo_like(16, 16, seed=1))
-    optimized = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 5)
-    assert all(torch.equal(a, b) for a, b in zip(optimized, codec.vqvae.encode(x)))
+    monkeypatch.setattr(rdo, "TILE_PIXELS", 32)  # 12 tiles of 32 px, each with the decoder's 40-px reach
+    image = photo_like(96, 128, seed=3)
+    x, _ = to_tensor(image)
+    nearest = codec.vqvae.encode(x)
+    tiled = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10)
+    assert [s.shape for s in tiled] == [s.shape for s in nearest]
+    changed = (tiled[0] != nearest[0]).reshape(3, 8, 4, 8).any(dim=(1, 3))  # bottom changes per 32-px tile
+    assert int(changed.sum()) >= 6, changed  # most tiles moved, not only the first
+    *_, j_nearest, weight = cost(codec, x, nearest, "fast")
+    assert cost(codec, x, tiled, "fast", weight)[2] < j_nearest  # better for the whole image too
+    data = codec.compress(image, optimize=10)  # and the codec codes exactly those symbols
+    assert all(torch.equal(a, b) for a, b in zip(codec.decode_symbols(data).levels, tiled))
 
 
 def test_negative_effort_is_refused(codec, tmp_path, tiny_model_path):

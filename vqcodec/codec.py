@@ -117,7 +117,13 @@ class Codec:
         optimize: encoder effort, steps of rate-distortion optimization of the symbols (0: nearest
         codes, fastest); files decode the same way whatever it was.
         """
-        symbols = self.encode(image, order=order, optimize=optimize)
+        return self.compress_symbols(self.encode(image, order=order, optimize=optimize), order=order)
+
+    def compress_symbols(self, symbols: Symbols, *, order: Order = "fast") -> bytes:
+        """Symbols (from `encode`, or edited) -> .vqc bytes that decode to exactly these symbols."""
+        _check_order(order)
+        self._check_symbols(symbols)
+        symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
         header = Header(
             model_name=self.name,

@@ -41,7 +41,9 @@ RATE_WEIGHT = 1.3
 TEMPERATURE = 0.3  # softness of the assignment, as a share of the mean nearest-to-second code gap
 CANDIDATES = 8  # codes per position in the soft assignment (memory: 8 x h x w per level)
 REFRESH = 3  # steps between recomputations of the prior's code lengths (the costliest part of a step)
-MAX_PIXELS = 2_000_000  # larger images keep nearest codes: the backward pass needs ~2 GB per megapixel
+# Larger images are optimised in tiles: the backward pass needs ~2 GB per megapixel.
+MAX_PIXELS = 2_000_000
+TILE_PIXELS = 1024  # side of those tiles, before the decoder's reach is added around them
 
 
 def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
@@ -58,10 +60,48 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
     """
     vectors, nearest = vqvae.latent_vectors(x)
+    if steps <= 0 or min(q.codebook_size for q in vqvae.quantizers) < 2:
+        return nearest
+    if x.shape[-2] * x.shape[-1] <= MAX_PIXELS:
+        return _optimized(vqvae, prior, x, vectors, nearest, order, steps)
+    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps)
+
+
+def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor],
+                        nearest: list[Tensor], order: str, steps: int) -> list[Tensor]:
+    """`_optimized` tile by tile, so memory stays bounded on large images.
+
+    Each tile is optimised as an image of its own together with the decoder's reach around it
+    (`VQVAE2.decode_halo`), which gives the decoded tile its true surroundings and the prior some
+    context; only the tile's own symbols are kept. Every tile has its own exchange rate and its own
+    keep-or-nearest test, judged on that crop.
+    """
+    cfg = vqvae.config
+    ratios = [math.prod(cfg.downsample[1 : i + 1]) for i in range(cfg.levels)]  # bottom cells per cell
+    step, scale, halo = ratios[-1], cfg.downsample[0], vqvae.decode_halo()
+    tile = max(step, TILE_PIXELS // scale // step * step)  # whole top-level cells: every level crops exactly
+    height, width = nearest[0].shape[-2:]
+    chosen = [s.clone() for s in nearest]
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            r0, r1 = max(0, top - halo), min(height, top + tile + halo)
+            c0, c1 = max(0, left - halo), min(width, left + tile + halo)
+            found = _optimized(vqvae, prior, x[..., r0 * scale : r1 * scale, c0 * scale : c1 * scale],
+                               [z[..., r0 // f : r1 // f, c0 // f : c1 // f] for z, f in zip(vectors, ratios)],
+                               [s[..., r0 // f : r1 // f, c0 // f : c1 // f] for s, f in zip(nearest, ratios)],
+                               order, steps)
+            rows, cols = min(tile, height - top), min(tile, width - left)
+            for level, f in enumerate(ratios):
+                inner = found[level][..., (top - r0) // f :, (left - c0) // f :][..., : rows // f, : cols // f]
+                chosen[level][..., top // f : (top + rows) // f, left // f : (left + cols) // f] = inner
+    return chosen
+
+
+def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor], nearest: list[Tensor],
+               order: str, steps: int) -> list[Tensor]:
+    """The optimisation proper on one image (or tile): `vectors` and their `nearest` codes are its latents."""
     quantizers = list(vqvae.quantizers)
     pixels = x.shape[-2] * x.shape[-1]
-    if steps <= 0 or pixels > MAX_PIXELS or min(q.codebook_size for q in quantizers) < 2:
-        return nearest
     temperatures: list[float] = []
     lengths = CodeLengths(prior, nearest, order, x.device)
     start_mse, start_bits = _distortion(vqvae, nearest, x), lengths.total(nearest)
