@@ -21,6 +21,8 @@ from vqcodec.metrics import histogram_entropy
 from vqcodec.models import list_models
 from vqcodec.rd import list_images
 
+from data_paths import KODAK
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +41,7 @@ def usage(codec: Codec, images: list[Path]) -> list[dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
+    parser.add_argument("--data", type=Path, default=KODAK)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "codebook_usage.json")
     args = parser.parse_args()
     torch.set_num_threads(1)

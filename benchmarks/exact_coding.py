@@ -22,8 +22,9 @@ import torch
 from vqcodec import models, rd
 from vqcodec.codec import Codec
 
+from data_paths import KODAK
+
 ROOT = Path(__file__).parent
-KODAK = Path("/work/shared/data/kodak")
 
 
 def coded_bytes_and_seconds(codec: Codec, levels: list[torch.Tensor], order: str, version: int) -> tuple[int, float]:

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from data_paths import KODAK
+
 ROOT = Path(__file__).parent
-KODAK = Path("/work/shared/data/kodak")
 TILE = 512  # mosaic cell: the centre 512x512 of each Kodak image (they are 768x512 or 512x768)
 
 

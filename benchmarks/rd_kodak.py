@@ -20,8 +20,9 @@ import torch
 from vqcodec import peers, plots, rd
 from vqcodec.errors import VQCodecError
 
+from data_paths import KODAK
+
 ROOT = Path(__file__).parent
-KODAK = Path("/work/shared/data/kodak")
 OUT = ROOT / "results" / "kodak"
 SHEET_PEERS = ("jpeg", "webp", "avif")
 SHEET_BOX = (400, 112, 192, 192)  # kodim23: the red parrot's eye, beak edge and feathers

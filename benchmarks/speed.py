@@ -25,8 +25,9 @@ from pathlib import Path
 
 import click
 
+from data_paths import KODAK
+
 ROOT = Path(__file__).parent
-KODAK = Path("/work/shared/data/kodak")
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 # (spec, point label): one representative mid-rate point per codec.
 DEFAULT_RUNS = (("jpeg", "q=50"), ("webp", "q=50"), ("avif-420-s6", "q=50"), ("avif-444-s2", "q=30"),

@@ -9,7 +9,7 @@ the machine is shared and wall time says little. The step count actually reached
 is written next to the weights and ends up in the results JSON description, so
 nobody mistakes these curves for CompressAI's published ones.
 
-Training data: /work/shared/data/train (256x256 crops; never Kodak).
+Training data: `shared/data/train` (`data_paths.TRAIN`; 256x256 crops; never Kodak).
 
     .venv/bin/python benchmarks/train_compressai.py --budget-s 160 --crop 64 --lr 1e-3 \
         --models bmshj2018-factorized,bmshj2018-hyperprior --qualities 1,3,5
@@ -29,8 +29,10 @@ from PIL import Image
 
 from vqcodec.peers import build_compressai
 
+from data_paths import TRAIN
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-TRAIN_DIR = Path("/work/shared/data/train")
+TRAIN_DIR = TRAIN
 # CompressAI's lambda for each zoo quality index (MSE models, examples/train.py docs).
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 

@@ -18,7 +18,9 @@ from vqcodec import recipes
 from vqcodec.checkpoint import load_state
 from vqcodec.train import DecoderTrainConfig, PriorTrainConfig, TrainConfig, train_decoder, train_prior, train_vqvae
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train"
+from data_paths import TRAIN
+
+DATA = TRAIN
 
 
 def main() -> None:

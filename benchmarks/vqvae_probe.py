@@ -36,7 +36,8 @@ from vqcodec.metrics import histogram_entropy, psnr
 from vqcodec.models import resolve
 from vqcodec.rd import list_images
 
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+from data_paths import KODAK
+
 
 
 @torch.no_grad()

@@ -131,7 +131,7 @@ def test_input_lookup_tables_give_the_convolution_bit_for_bit():
         stepper = prior.stepper("fast", level, *symbols.shape[-2:], context)
         with_tables.append([stepper.logits(step, symbols) for step in range(len(stepper.schedule))])
     for net in prior.fast:
-        net.input_table = None  # back to ExactConv on the unshuffled embedding
+        net.input_table, net.inp = None, exact.ExactConv(net.inp)  # the layer the tables stand for, exactly
     for level, symbols, context in ((0, bottom, top), (1, top, None)):
         stepper = prior.stepper("fast", level, *symbols.shape[-2:], context)
         plain = [stepper.logits(step, symbols) for step in range(len(stepper.schedule))]

@@ -181,6 +181,8 @@ def exact_prior(prior: nn.Module) -> nn.Module:
             module.feature_band_rows = FEATURE_BAND_ROWS
     for module in list(exact.modules()):
         for name, child in list(module.named_children()):
+            if isinstance(module, GroupedContextModel) and name == "inp":
+                continue  # its input_table computes this layer; the layer itself never runs here
             if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
                 setattr(module, name, ExactConv(child))
             elif isinstance(child, Gate):
