@@ -69,7 +69,9 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
             if codec is None:
                 name, data = _meet_target(image, target_bpp, order, optimize, device)
             else:
-                name, data = codec.name, codec.compress(image, order=order, optimize=optimize)  # type: ignore[arg-type]
+                with _TileBar(src) as bar:
+                    data = codec.compress(image, order=order, optimize=optimize, progress=bar)  # type: ignore[arg-type]
+                name = codec.name
             write_atomically(dst, lambda tmp: tmp.write_bytes(data))
             bpp = 8 * len(data) / (image.width * image.height)
             click.echo(f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp ({image.width}x{image.height}, {name})")
@@ -205,6 +207,29 @@ def _progress(pairs: list[tuple[Path, Path]]) -> Iterator[tuple[Path, Path]]:
     from tqdm import tqdm
 
     yield from tqdm(pairs, unit="image", file=sys.stderr)
+
+
+class _TileBar:
+    """A progress bar on a terminal's stderr for the tiles of a large image's optimisation, made on the first tile."""
+
+    def __init__(self, src: Path) -> None:
+        self.src, self.bar = src, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{self.src.name}: optimising", unit="tile", file=sys.stderr,
+                            initial=done - 1)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __enter__(self) -> _TileBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,7 +63,9 @@ def test_large_images_are_optimised_tile_by_tile(codec, monkeypatch):
     image = photo_like(96, 128, seed=3)
     x, _ = to_tensor(image)
     nearest = codec.vqvae.encode(x)
-    tiled = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10)
+    calls = []
+    tiled = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10, progress=lambda *c: calls.append(c))
+    assert calls == [(done, 12) for done in range(1, 13)]
     assert [s.shape for s in tiled] == [s.shape for s in nearest]
     changed = (tiled[0] != nearest[0]).reshape(3, 8, 4, 8).any(dim=(1, 3))  # bottom changes per 32-px tile
     assert int(changed.sum()) >= 6, changed  # most tiles moved, not only the first
@@ -83,3 +87,21 @@ def test_negative_effort_is_refused(codec, tmp_path, tiny_model_path):
     result = CliRunner().invoke(app, [*args, str(tmp_path / "b.vqc"), "--optimize", "0"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "b.vqc").read_bytes() == codec.compress(Image.open(tmp_path / "a.png"), optimize=0)
+
+
+def test_the_cli_shows_a_tile_bar_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from vqcodec.cli.coding import _TileBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with _TileBar(Path("big.png")) as bar:
+            for done in range(1, 4):
+                bar(done, 3)
+        assert ("big.png: optimising" in stream.getvalue() and "3/3" in stream.getvalue()) == shown

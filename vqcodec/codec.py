@@ -76,17 +76,20 @@ class Codec:
 
     # ---- image <-> symbols -------------------------------------------------------------------
 
-    def encode(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> Symbols:
+    def encode(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
+               progress: rdo.Progress | None = None) -> Symbols:
         """Image -> symbol maps (the tokens the prior codes).
 
         optimize: steps of rate-distortion optimization under `order`'s code lengths
         (`vqcodec.rdo`); 0 gives the nearest codes, the fastest encode.
+        progress: called as progress(tiles done, tiles in all) while an image over 2 MP is
+        optimised tile by tile (minutes on a CPU).
         """
         _check_order(order)
         if not isinstance(optimize, int) or isinstance(optimize, bool) or optimize < 0:
             raise VQCodecError(f"optimize must be a whole number of steps >= 0, got {optimize!r}")
         x, info = to_tensor(image)
-        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize)
+        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress)
         return Symbols([s.cpu().long() for s in levels], info)
 
     @torch.no_grad()
@@ -111,13 +114,15 @@ class Codec:
 
     # ---- bytes ---------------------------------------------------------------------------------
 
-    def compress(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> bytes:
+    def compress(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
+                 progress: rdo.Progress | None = None) -> bytes:
         """Image (PIL, uint8 array or float tensor) -> .vqc bytes.
 
         optimize: encoder effort, steps of rate-distortion optimization of the symbols (0: nearest
-        codes, fastest); files decode the same way whatever it was.
+        codes, fastest); files decode the same way whatever it was. progress: as in `encode`.
         """
-        return self.compress_symbols(self.encode(image, order=order, optimize=optimize), order=order)
+        symbols = self.encode(image, order=order, optimize=optimize, progress=progress)
+        return self.compress_symbols(symbols, order=order)
 
     def compress_symbols(self, symbols: Symbols, *, order: Order = "fast") -> bytes:
         """Symbols (from `encode`, or edited) -> .vqc bytes that decode to exactly these symbols."""

@@ -22,6 +22,7 @@ quantization and an autoregressive prior.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from torch import Tensor
 from vqcodec.prior import SymbolPrior
 from vqcodec.quantize import VectorQuantizer
 from vqcodec.vqvae import VQVAE2
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
 DEFAULT_STEPS = 10
 LEARNING_RATE = 2e-3
@@ -47,7 +50,7 @@ TILE_PIXELS = 1024  # side of those tiles, before the decoder's reach is added a
 
 
 def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
-                     steps: int = DEFAULT_STEPS) -> list[Tensor]:
+                     steps: int = DEFAULT_STEPS, progress: Progress | None = None) -> list[Tensor]:
     """Symbols of one image chosen for rate and distortion.
 
     Args:
@@ -56,6 +59,7 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         x: (1, 3, H, W) float32 in [0, 1], on the VQ-VAE's device.
         order: the decode order whose code lengths count ("fast" or "raster").
         steps: optimization steps; 0 gives the nearest codes (what `VQVAE2.encode` returns).
+        progress: called as progress(tiles done, tiles in all) after each tile of a large image.
     Returns:
         Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
     """
@@ -64,11 +68,11 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         return nearest
     if x.shape[-2] * x.shape[-1] <= MAX_PIXELS:
         return _optimized(vqvae, prior, x, vectors, nearest, order, steps)
-    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps)
+    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps, progress)
 
 
 def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor],
-                        nearest: list[Tensor], order: str, steps: int) -> list[Tensor]:
+                        nearest: list[Tensor], order: str, steps: int, progress: Progress | None) -> list[Tensor]:
     """`_optimized` tile by tile, so memory stays bounded on large images.
 
     Each tile is optimised as an image of its own together with the decoder's reach around it
@@ -82,18 +86,20 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
     tile = max(step, TILE_PIXELS // scale // step * step)  # whole top-level cells: every level crops exactly
     height, width = nearest[0].shape[-2:]
     chosen = [s.clone() for s in nearest]
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            r0, r1 = max(0, top - halo), min(height, top + tile + halo)
-            c0, c1 = max(0, left - halo), min(width, left + tile + halo)
-            found = _optimized(vqvae, prior, x[..., r0 * scale : r1 * scale, c0 * scale : c1 * scale],
-                               [z[..., r0 // f : r1 // f, c0 // f : c1 // f] for z, f in zip(vectors, ratios)],
-                               [s[..., r0 // f : r1 // f, c0 // f : c1 // f] for s, f in zip(nearest, ratios)],
-                               order, steps)
-            rows, cols = min(tile, height - top), min(tile, width - left)
-            for level, f in enumerate(ratios):
-                inner = found[level][..., (top - r0) // f :, (left - c0) // f :][..., : rows // f, : cols // f]
-                chosen[level][..., top // f : (top + rows) // f, left // f : (left + cols) // f] = inner
+    corners = [(top, left) for top in range(0, height, tile) for left in range(0, width, tile)]
+    for done, (top, left) in enumerate(corners, 1):
+        r0, r1 = max(0, top - halo), min(height, top + tile + halo)
+        c0, c1 = max(0, left - halo), min(width, left + tile + halo)
+        found = _optimized(vqvae, prior, x[..., r0 * scale : r1 * scale, c0 * scale : c1 * scale],
+                           [z[..., r0 // f : r1 // f, c0 // f : c1 // f] for z, f in zip(vectors, ratios)],
+                           [s[..., r0 // f : r1 // f, c0 // f : c1 // f] for s, f in zip(nearest, ratios)],
+                           order, steps)
+        rows, cols = min(tile, height - top), min(tile, width - left)
+        for level, f in enumerate(ratios):
+            inner = found[level][..., (top - r0) // f :, (left - c0) // f :][..., : rows // f, : cols // f]
+            chosen[level][..., top // f : (top + rows) // f, left // f : (left + cols) // f] = inner
+        if progress is not None:
+            progress(done, len(corners))
     return chosen
 
 
