@@ -162,17 +162,38 @@ def _check_target(target_bpp: float) -> None:
         raise click.UsageError("--target-bpp picks the model itself; give --model or --target-bpp, not both")
 
 
+# A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
+# to 8.8 %, bundled models on six photos): a model whose nearest-code estimate exceeds the target by
+# more cannot meet it, and is not compressed.
+OPTIMISATION_SAVING_BOUND = 0.15
+
+
 def _meet_target(image, target_bpp: float, order: str, optimize: int, device: str) -> tuple[str, bytes]:
-    """Compress with every bundled model; keep the largest file within the target, else the smallest file."""
+    """The largest file within the target, else the smallest file, from the bundled models.
+
+    Each model first estimates its rate from the nearest codes (the prior's code lengths: no
+    optimisation, no coding, about a tenth of a compression's time); the models are then compressed
+    from the highest estimate down, skipping those that cannot meet the target, until a file does.
+    """
     names = list_models()
     if not names:
         raise VQCodecError("no bundled models are installed")
-    files = [(name, cached_codec(name, device).compress(image, order=order, optimize=optimize))  # type: ignore[arg-type]
-             for name in names]
-    within = [f for f in files if 8 * len(f[1]) / (image.width * image.height) <= target_bpp]
-    if within:
-        return max(within, key=lambda f: len(f[1]))
-    return min(files, key=lambda f: len(f[1]))
+    pixels = image.width * image.height
+    estimate = {name: cached_codec(name, device).estimate_bits(image, order=order, optimize=0,  # type: ignore[arg-type]
+                                                               container=True) / pixels
+                for name in names}
+    reach = 1 - OPTIMISATION_SAVING_BOUND if optimize else 1.0  # nearest codes: the file holds the estimate
+    files: dict[str, bytes] = {}
+    for name in sorted(names, key=estimate.__getitem__, reverse=True):
+        if estimate[name] * reach > target_bpp:
+            continue
+        files[name] = cached_codec(name, device).compress(image, order=order, optimize=optimize)  # type: ignore[arg-type]
+        if 8 * len(files[name]) / pixels <= target_bpp:
+            return name, files[name]
+    lowest = min(names, key=estimate.__getitem__)
+    if lowest not in files:
+        files[lowest] = cached_codec(lowest, device).compress(image, order=order, optimize=optimize)  # type: ignore[arg-type]
+    return min(files.items(), key=lambda item: len(item[1]))
 
 
 def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:

@@ -81,8 +81,11 @@ def test_file_size_is_the_cross_entropy(codec):
 
 def test_estimate_bits_matches_file_size(codec):
     image = photo_like(64, 64, seed=4)
-    payload = sum(len(c) for c in bitstream.unpack(codec.compress(image))[1])
+    data = codec.compress(image)
+    payload = sum(len(c) for c in bitstream.unpack(data)[1])
     assert codec.estimate_bits(image) == pytest.approx(8 * payload, rel=0.05, abs=96)
+    container = codec.estimate_bits(image, container=True) - codec.estimate_bits(image)
+    assert container == 8 * (len(data) - payload)  # header, chunk lengths, checksum: known exactly
 
 
 def test_same_bytes_with_one_and_two_threads(codec):

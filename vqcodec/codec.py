@@ -130,7 +130,10 @@ class Codec:
         self._check_symbols(symbols)
         symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
-        header = Header(
+        return bitstream.pack(self._header(symbols, order), chunks)
+
+    def _header(self, symbols: Symbols, order: str) -> Header:
+        return Header(
             model_name=self.name,
             weights_digest=self.digest,
             width=symbols.info.width,
@@ -140,7 +143,6 @@ class Codec:
             level_shapes=tuple((int(s.shape[1]), int(s.shape[2])) for s in symbols.levels),
             symbols_crc=symbols_crc(symbols.levels),
         )
-        return bitstream.pack(header, chunks)
 
     def decompress(self, data: bytes) -> Image.Image:
         """.vqc bytes -> PIL image of the original size and mode."""
@@ -177,12 +179,19 @@ class Codec:
         """Decompress several .vqc files (all made by this model); errors name the failing index."""
         return _each(files, self.decompress)
 
-    def estimate_bits(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS) -> float:
-        """Cross-entropy of the image's symbols under the prior, in bits (no coding; header excluded)."""
+    def estimate_bits(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
+                      container: bool = False) -> float:
+        """Cross-entropy of the image's symbols under the prior, in bits (no coding).
+
+        container: add the file's header, chunk lengths and checksum, which `compress` writes
+        around the coded symbols: then the estimate is the file's size up to the coder's few bytes.
+        """
         symbols = self.encode(image, order=order, optimize=optimize)
         with torch.no_grad():
-            bits = self.prior.bits(symbols.levels, order)
-        return float(sum(b.sum() for b in bits))
+            bits = float(sum(b.sum() for b in self.prior.bits(symbols.levels, order)))
+        if container:
+            bits += 8 * len(bitstream.pack(self._header(symbols, order), [b""] * len(symbols.levels)))
+        return bits
 
     # ---- one level of entropy coding -------------------------------------------------------------
 
