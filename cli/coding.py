@@ -6,12 +6,13 @@ temporary sibling and renamed into place, so a failure never leaves half a file 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import click
 from click.core import ParameterSource
@@ -25,6 +26,7 @@ from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
 from vqcodec.rdo import DEFAULT_STEPS
 
 DEVICES = click.Choice(["cpu", "cuda"])
+STDIO = Path("-")  # an input or output of '-': standard input or output, as Unix tools read it
 
 
 class _Failures:
@@ -35,7 +37,7 @@ class _Failures:
 
     def report(self, path: Path, err: Exception) -> None:
         self.count += 1
-        click.echo(f"error: {path}: {err}", err=True)
+        click.echo(f"error: {_shown(path, '<stdin>')}: {err}", err=True)
 
     def exit(self) -> None:
         if self.count:
@@ -65,16 +67,17 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
     for src, dst in _progress(_pairs(inputs, output, ".vqc")):
         try:
             _refuse_overwrite(dst, force)
-            image = open_image(src)
+            image = open_image(io.BytesIO(_read_stdin()) if src == STDIO else src)
             if codec is None:
                 name, data = _meet_target(image, target_bpp, order, optimize, device)
             else:
                 with _TileBar(src) as bar:
                     data = codec.compress(image, order=order, optimize=optimize, progress=bar)  # type: ignore[arg-type]
                 name = codec.name
-            write_atomically(dst, lambda tmp: tmp.write_bytes(data))
+            _write(dst, lambda out: out.write(data))
             bpp = 8 * len(data) / (image.width * image.height)
-            click.echo(f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp ({image.width}x{image.height}, {name})")
+            click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {len(data)} bytes, {bpp:.4f} bpp "
+                       f"({image.width}x{image.height}, {name})", err=dst == STDIO)
         except (VQCodecError, OSError) as err:
             failures.report(src, err)
     failures.exit()
@@ -96,8 +99,9 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
             data = _read(src)
             codec = given or cached_codec(resolve_recorded(bitstream.read_header(data).model_name), device)
             image = codec.decompress(data)
-            write_atomically(dst, lambda tmp: image.save(tmp, format="PNG"))
-            click.echo(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
+            _write(dst, lambda out: image.save(out, format="PNG"))
+            click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
+                       err=dst == STDIO)
         except (VQCodecError, OSError) as err:
             failures.report(src, err)
     failures.exit()
@@ -113,7 +117,7 @@ def info_command(path: Path) -> None:
     except (VQCodecError, OSError) as err:
         raise click.ClickException(f"{path}: {err}") from None
     pixels = header.width * header.height
-    click.echo(f"file:     {path} ({len(data)} bytes, {8 * len(data) / pixels:.4f} bpp)")
+    click.echo(f"file:     {_shown(path, '<stdin>')} ({len(data)} bytes, {8 * len(data) / pixels:.4f} bpp)")
     arithmetic = "exact prior" if header.version >= 3 else "float32 prior: decodes where float32 sums match the writer's"
     click.echo(f"format:   version {header.version} ({arithmetic})")
     click.echo(f"model:    {header.model_name} (weights {header.weights_digest.hex()})")
@@ -210,12 +214,20 @@ def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tupl
 
 
 def _targets(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
+    if STDIO in inputs and len(inputs) > 1:
+        raise click.BadParameter("'-' (standard input) must be the only input", param_hint="INPUTS")
+    if output == "-":
+        if len(inputs) > 1:
+            raise click.BadParameter("'-' (standard output) takes one input", param_hint="-o")
+        return [(inputs[0], STDIO)]
     if output is None:
-        return [(src, src.with_suffix(suffix)) for src in inputs]
+        return [(src, STDIO if src == STDIO else src.with_suffix(suffix)) for src in inputs]
     folder = Path(output)
     as_folder = len(inputs) > 1 or folder.is_dir() or output.endswith(("/", os.sep))
     if not as_folder:
         return [(inputs[0], folder)]
+    if inputs[0] == STDIO:
+        raise click.BadParameter("standard input has no name to use in a folder; give -o a file name", param_hint="-o")
     if folder.exists() and not folder.is_dir():
         raise click.BadParameter(f"{folder} is a file; with several inputs give a folder", param_hint="-o")
     return [(src, folder / src.with_suffix(suffix).name) for src in inputs]
@@ -255,11 +267,43 @@ class _TileBar:
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
     """Existing files need --force; /dev/null and other non-files are written to, not overwritten."""
+    if path == STDIO:
+        if sys.stdout.isatty():  # as gzip does: binary data would garble the terminal
+            raise VQCodecError("refusing to write binary data to a terminal; redirect it or give -o a file")
+        return
     if path.is_file() and not force:
         raise VQCodecError(f"output {path} exists (use --force to overwrite)")
 
 
+def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through `write(binary file)`: to standard output for '-', else atomically to the file."""
+    if path != STDIO:
+        write_atomically(path, lambda tmp: _with_open(tmp, write))
+        return
+    buffer = io.BytesIO()
+    write(buffer)  # whole, before the first byte goes out: a failure leaves no partial output
+    sys.stdout.buffer.write(buffer.getvalue())
+    sys.stdout.buffer.flush()
+
+
+def _with_open(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    with open(path, "wb") as out:
+        write(out)
+
+
+def _shown(path: Path, stream: str) -> str:
+    return stream if path == STDIO else str(path)
+
+
+def _read_stdin() -> bytes:
+    if sys.stdin.isatty():
+        raise VQCodecError("'-' reads standard input, which is a terminal; pipe or redirect a file into it")
+    return sys.stdin.buffer.read()
+
+
 def _read(path: Path) -> bytes:
+    if path == STDIO:
+        return _read_stdin()
     if path.is_dir():
         raise VQCodecError("is a folder, not a .vqc file")
     if not path.is_file():

@@ -239,3 +239,31 @@ def test_a_folder_given_as_a_vqc_file_is_named_as_such(tmp_path):
     for command in ("info", "decompress"):
         result = run(command, tmp_path)
         assert result.exit_code == 1 and "is a folder" in result.output, result.output
+
+
+def test_standard_input_and_output_for_pipelines(tmp_path, image_file, tiny_model_path):
+    from vqcodec.codec import Codec
+
+    image = image_file.read_bytes()
+    compressed = CliRunner().invoke(app, ["compress", "-", "-o", "-", "--model", str(tiny_model_path)], input=image)
+    assert compressed.exit_code == 0, compressed.output
+    data = compressed.stdout_bytes  # the file alone: the status line went to stderr
+    assert data.startswith(b"VQC") and "<stdin> -> <stdout>" in compressed.stderr
+    assert data == Codec.load(tiny_model_path).compress(Image.open(image_file))
+    decompressed = CliRunner().invoke(app, ["decompress", "-", "--model", str(tiny_model_path)], input=data)
+    assert decompressed.exit_code == 0, decompressed.output
+    (tmp_path / "out.png").write_bytes(decompressed.stdout_bytes)
+    assert Image.open(tmp_path / "out.png").size == Image.open(image_file).size
+    info = CliRunner().invoke(app, ["info", "-"], input=data)
+    assert info.exit_code == 0 and "file:     <stdin>" in info.output
+
+
+def test_standard_streams_are_refused_where_they_cannot_work(tmp_path, image_file, tiny_model_path):
+    for args, where in ((["compress", "-", str(image_file), "-o", str(tmp_path)], "only input"),
+                        (["compress", str(image_file), str(image_file), "-o", "-"], "takes one input"),
+                        (["compress", "-", "-o", str(tmp_path) + "/"], "give -o a file name")):
+        result = CliRunner().invoke(app, args, input=b"")
+        assert result.exit_code == 2 and where in result.output, (args, result.output)
+    bad = CliRunner().invoke(app, ["decompress", "-", "-o", str(tmp_path / "x.png")], input=b"garbage")
+    assert bad.exit_code == 1 and "error: <stdin>: not a vqcodec file" in bad.stderr
+    assert not (tmp_path / "x.png").exists() and "Traceback" not in bad.output

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ class ImageInfo:
     width: int
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Read an image file, turning every reader failure into an ImageError.
+def open_image(path: str | Path | BinaryIO) -> Image.Image:
+    """Read an image file (a path, or a binary file object), turning every reader failure into an ImageError.
 
     The size limit is checked from the header, before any pixels are decoded, and an EXIF
     orientation is applied, so a camera photo is coded the way viewers show it (the decoded PNG
