@@ -20,14 +20,12 @@ from vqcodec.train import DecoderTrainConfig, PriorTrainConfig, TrainConfig, tra
 
 from data_paths import TRAIN
 
-DATA = TRAIN
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(recipes.RECIPES))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(TRAIN))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the recipe's step counts")
     parser.add_argument("--device", default="auto")
