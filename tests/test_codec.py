@@ -261,3 +261,18 @@ def test_edited_symbols_compress_to_a_file_of_exactly_those_symbols(codec):
         codec.compress_symbols(symbols._replace(levels=[edited[0] + 10**6, *edited[1:]]))
     with pytest.raises(VQCodecError, match="order"):
         codec.compress_symbols(symbols, order="sideways")  # type: ignore[arg-type]
+
+
+def test_rate_estimates_of_large_maps_run_in_bands_and_stay_close(codec, monkeypatch):
+    from vqcodec import codec as codec_module
+
+    image = photo_like(128, 96, seed=6)
+    symbols = codec.encode(image, optimize=0).levels
+    for order in ("fast", "raster"):
+        with torch.no_grad():
+            whole = float(sum(b.sum() for b in codec.prior.bits(symbols, order)))
+        assert codec.prior.bits_in_bands(symbols, order, band_rows=16, context_rows=4) == pytest.approx(whole, rel=1e-6)
+        banded = codec.prior.bits_in_bands(symbols, order, band_rows=4, context_rows=2)  # the 16 top rows in 4 bands
+        assert banded != whole and banded == pytest.approx(whole, rel=0.03), order
+    monkeypatch.setattr(codec_module, "ESTIMATE_IN_BANDS_ABOVE", 100)
+    assert codec.estimate_bits(image, optimize=0) == pytest.approx(codec.prior.bits_in_bands(symbols, "fast"))

@@ -239,6 +239,27 @@ class SymbolPrior(nn.Module):
         return [F.cross_entropy(z, s, reduction="none").flatten(1).sum(1) / math.log(2)
                 for z, s in zip(logits, symbols)]
 
+    @torch.no_grad()
+    def bits_in_bands(self, symbols: list[Tensor], order: Order, band_rows: int = 16,
+                      context_rows: int = 8) -> float:
+        """Total bits of all levels, as `bits` computes them, in bands of `band_rows` top-level rows.
+
+        Each band is evaluated with `context_rows` more top-level rows on both sides and counts only
+        its own rows, so memory follows the band, not the image (whole-map logits of a 12 MP image
+        take gigabytes). Exact when one band covers the map; otherwise symbols near a band edge may
+        miss context beyond the extra rows, a small difference for an estimate.
+        """
+        ratios = [math.prod(self.config.upsample[level:]) for level in range(len(symbols))]  # rows per top row
+        top_rows = symbols[-1].shape[-2]
+        total = 0.0
+        for start in range(0, top_rows, band_rows):
+            r0, r1 = max(0, start - context_rows), min(top_rows, start + band_rows + context_rows)
+            crops = [s[:, r0 * k : r1 * k] for s, k in zip(symbols, ratios)]
+            for z, s, k in zip(self.logits(crops, order), crops, ratios):
+                own = slice((start - r0) * k, (min(start + band_rows, top_rows) - r0) * k)
+                total += float(F.cross_entropy(z[:, :, own], s[:, own], reduction="sum")) / math.log(2)
+        return total
+
     def loss(self, symbols: list[Tensor], order: Order) -> Tensor:
         """() mean nats per symbol over all symbols of all levels (levels weighted by their size)."""
         logits = self.logits(symbols, order)
