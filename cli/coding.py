@@ -59,7 +59,7 @@ class _Failures:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def compress_command(inputs: Sequence[Path], output: str | None, model: str, target_bpp: float | None,
                      order: str, optimize: int, device: str, force: bool) -> None:
-    """Compress images to .vqc files."""
+    """Compress images to .vqc files ('-' as input or -o: standard input or output)."""
     if target_bpp is not None:
         _check_target(target_bpp)
     codec = None if target_bpp is not None else _load(model, device)
@@ -90,7 +90,7 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def decompress_command(inputs: Sequence[Path], output: str | None, model: str | None, device: str, force: bool) -> None:
-    """Decompress .vqc files to PNG images."""
+    """Decompress .vqc files to PNG images ('-' as input or -o: standard input or output)."""
     given = _load(model, device) if model else None
     failures = _Failures()
     for src, dst in _progress(_pairs(inputs, output, ".png")):
@@ -110,7 +110,7 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
 def info_command(path: Path) -> None:
-    """Show the header of a .vqc file."""
+    """Show the header of a .vqc file ('-': standard input)."""
     try:
         data = _read(path)
         header, chunks = bitstream.unpack(data)
