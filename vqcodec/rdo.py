@@ -80,26 +80,15 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
     context; only the tile's own symbols are kept. Every tile has its own exchange rate and its own
     keep-or-nearest test, judged on that crop.
     """
-    cfg = vqvae.config
-    ratios = [math.prod(cfg.downsample[1 : i + 1]) for i in range(cfg.levels)]  # bottom cells per cell
-    step, scale, halo = ratios[-1], cfg.downsample[0], vqvae.decode_halo()
-    tile = max(step, TILE_PIXELS // scale // step * step)  # whole top-level cells: every level crops exactly
-    height, width = nearest[0].shape[-2:]
+    ratios, scale = vqvae.level_ratios(), vqvae.config.downsample[0]
     chosen = [s.clone() for s in nearest]
-    corners = [(top, left) for top in range(0, height, tile) for left in range(0, width, tile)]
-    for done, (top, left) in enumerate(corners, 1):
-        r0, r1 = max(0, top - halo), min(height, top + tile + halo)
-        c0, c1 = max(0, left - halo), min(width, left + tile + halo)
-        found = _optimized(vqvae, prior, x[..., r0 * scale : r1 * scale, c0 * scale : c1 * scale],
-                           [z[..., r0 // f : r1 // f, c0 // f : c1 // f] for z, f in zip(vectors, ratios)],
-                           [s[..., r0 // f : r1 // f, c0 // f : c1 // f] for s, f in zip(nearest, ratios)],
-                           order, steps)
-        rows, cols = min(tile, height - top), min(tile, width - left)
-        for level, f in enumerate(ratios):
-            inner = found[level][..., (top - r0) // f :, (left - c0) // f :][..., : rows // f, : cols // f]
-            chosen[level][..., top // f : (top + rows) // f, left // f : (left + cols) // f] = inner
+    tiles = vqvae.tiles(*nearest[0].shape[-2:], TILE_PIXELS // scale)
+    for done, t in enumerate(tiles, 1):
+        pixels = x[..., t.r0 * scale : t.r1 * scale, t.c0 * scale : t.c1 * scale]
+        found = _optimized(vqvae, prior, pixels, t.crop(vectors, ratios), t.crop(nearest, ratios), order, steps)
+        t.paste(chosen, found, ratios)
         if progress is not None:
-            progress(done, len(corners))
+            progress(done, len(tiles))
     return chosen
 
 

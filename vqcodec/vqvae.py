@@ -22,6 +22,34 @@ _PER_LEVEL = ("downsample", "codebook_size", "code_dim")
 DECODE_TILE_PIXELS = 1024
 
 
+class Tile(NamedTuple):
+    """One tile of the bottom grid: its own cells (top, left, rows, cols) and the crop around them.
+
+    The crop (rows r0 .. r1 - 1, columns c0 .. c1 - 1) adds the decoder's reach on every side
+    where the map goes on. All edges lie on whole top-level cells, so every level crops exactly.
+    """
+
+    top: int
+    left: int
+    rows: int
+    cols: int
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    def crop(self, maps: list[Tensor], ratios: list[int]) -> list[Tensor]:
+        """The crop of each level's map (..., h_l, w_l); ratios: bottom cells per cell of each level."""
+        return [m[..., self.r0 // f : self.r1 // f, self.c0 // f : self.c1 // f] for m, f in zip(maps, ratios)]
+
+    def paste(self, maps: list[Tensor], cropped: list[Tensor], ratios: list[int]) -> None:
+        """Write the tile's own cells of `cropped` (maps of the crop) into `maps` (whole-grid maps)."""
+        for whole, part, f in zip(maps, cropped, ratios):
+            own = part[..., (self.top - self.r0) // f :, (self.left - self.c0) // f :]
+            whole[..., self.top // f : (self.top + self.rows) // f, self.left // f : (self.left + self.cols) // f] = \
+                own[..., : self.rows // f, : self.cols // f]
+
+
 # Decoder blocks a trained model can grow (VQVAE2Config count -> VQVAE2 module), each starting as
 # the identity.
 GROWABLE_BLOCKS = {"refine_blocks": "refine", "tail_blocks": "tail"}
@@ -345,25 +373,32 @@ class VQVAE2(nn.Module):
         level's upsampler under two of that level's cells. Rounded up to whole top-level cells.
         """
         cfg = self.config
-        coarsest = math.prod(cfg.downsample[1:])  # bottom cells per top-level cell
+        coarsest = self.level_ratios()[-1]  # bottom cells per top-level cell
         reach = 1 + cfg.res_blocks + cfg.refine_blocks + 2 + cfg.tail_blocks + 1 + 2 * coarsest
         return -(-reach // coarsest) * coarsest
 
+    def level_ratios(self) -> list[int]:
+        """Bottom-grid cells per cell of each level, bottom first (1 for the bottom)."""
+        return [math.prod(self.config.downsample[1 : i + 1]) for i in range(self.config.levels)]
+
+    def tiles(self, height: int, width: int, tile: int) -> list[Tile]:
+        """Tiles of about `tile` cells a side (whole top-level cells) covering a height x width bottom
+        grid, row by row, each with `decode_halo` cells of context around it."""
+        step, halo = self.level_ratios()[-1], self.decode_halo()
+        tile = max(step, tile // step * step)
+        return [Tile(top, left, min(tile, height - top), min(tile, width - left),
+                     max(0, top - halo), min(height, top + tile + halo),
+                     max(0, left - halo), min(width, left + tile + halo))
+                for top in range(0, height, tile) for left in range(0, width, tile)]
+
     def _decode_tiles(self, quantized: list[Tensor], tile: int) -> Tensor:
         """`_decode_quantized` tile by tile: bottom-grid tiles of `tile` cells plus the halo."""
-        cfg = self.config
-        ratios = [math.prod(cfg.downsample[1 : i + 1]) for i in range(cfg.levels)]  # bottom cells per cell
-        step = ratios[-1]  # tile edges on whole top-level cells, so every level crops exactly
-        tile, halo, scale = max(step, tile // step * step), self.decode_halo(), cfg.downsample[0]
+        ratios, scale = self.level_ratios(), self.config.downsample[0]
         height, width = quantized[0].shape[-2:]
         out = quantized[0].new_empty(quantized[0].shape[0], 3, height * scale, width * scale)
-        for top in range(0, height, tile):
-            for left in range(0, width, tile):
-                r0, r1 = max(0, top - halo), min(height, top + tile + halo)
-                c0, c1 = max(0, left - halo), min(width, left + tile + halo)
-                crops = [q[..., r0 // f : r1 // f, c0 // f : c1 // f] for q, f in zip(quantized, ratios)]
-                pixels = self._decode_quantized(crops)
-                rows, cols = min(tile, height - top) * scale, min(tile, width - left) * scale
-                out[..., top * scale : top * scale + rows, left * scale : left * scale + cols] = \
-                    pixels[..., (top - r0) * scale :, (left - c0) * scale :][..., :rows, :cols]
+        for t in self.tiles(height, width, tile):
+            pixels = self._decode_quantized(t.crop(quantized, ratios))
+            rows, cols = t.rows * scale, t.cols * scale
+            out[..., t.top * scale : t.top * scale + rows, t.left * scale : t.left * scale + cols] = \
+                pixels[..., (t.top - t.r0) * scale :, (t.left - t.c0) * scale :][..., :rows, :cols]
         return out
