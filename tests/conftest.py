@@ -81,3 +81,41 @@ def image_file(tmp_path) -> Path:
     path = tmp_path / "photo.png"
     Image.fromarray(photo_like(37, 53)).save(path)
     return path
+
+
+def rgb_icc_profile(description: str, colorants, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 matrix/TRC display profile (the kind phones and cameras embed).
+
+    colorants: the D50-adapted XYZ of the red, green and blue primaries, whose sum is the white.
+    """
+    import struct
+
+    def fixed(v: float) -> bytes:  # s15Fixed16Number
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ " + bytes(4) + b"".join(fixed(v) for v in values)
+
+    text = description.encode("ascii") + b"\0"
+    tags = [
+        (b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
+        (b"cprt", b"text" + bytes(4) + b"none\0"),
+        (b"wtpt", xyz([sum(c[i] for c in colorants) for i in range(3)])),
+        *[(name, xyz(c)) for name, c in zip((b"rXYZ", b"gXYZ", b"bXYZ"), colorants)],
+        *[(name, b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))) for name in (b"rTRC", b"gTRC", b"bTRC")],
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for name, data in tags:
+        data += bytes(-len(data) % 4)
+        table += name + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + bytes(12)
+              + b"acsp" + bytes(28) + xyz([0.9642, 1.0, 0.8249])[8:])
+    header += bytes(128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+# Display P3's primaries, adapted to D50 as ICC profiles store them.
+DISPLAY_P3 = ((0.515121, 0.241196, -0.001053), (0.291977, 0.692245, 0.041885), (0.157104, 0.066574, 0.784073))

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageCms, ImageFile
 
-from conftest import photo_like
+from conftest import DISPLAY_P3, photo_like, rgb_icc_profile
 from vqcodec.errors import ImageError
 from vqcodec.image import ImageInfo, open_image, to_pil, to_tensor
 
@@ -123,3 +124,29 @@ def test_an_oversized_file_is_refused_before_its_pixels_are_decoded(tmp_path, mo
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded the pixels of an oversized image"))
     with pytest.raises(ImageError, match="too large"):
         open_image(path)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_wide_gamut_profile_is_converted_to_srgb(tmp_path, mode):
+    pixels = photo_like(12, 10)
+    path = tmp_path / "phone.png"
+    p3 = rgb_icc_profile("Display P3 (test)", DISPLAY_P3)
+    Image.fromarray(pixels).convert(mode).save(path, icc_profile=p3)
+    x, info = to_tensor(open_image(path))
+    expected = ImageCms.profileToProfile(Image.fromarray(pixels), ImageCms.ImageCmsProfile(io.BytesIO(p3)),
+                                         ImageCms.createProfile("sRGB"), outputMode="RGB",
+                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    assert info.mode == mode
+    coded = np.asarray(to_pil(x, info).convert("RGB"))
+    assert np.array_equal(coded, np.asarray(expected))
+    assert np.abs(coded.astype(int) - pixels).max() > 10  # the conversion moved colours visibly
+
+
+@pytest.mark.parametrize("icc", [ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+                                 b"not a colour profile", b""])
+def test_srgb_and_unreadable_profiles_leave_the_pixels_alone(tmp_path, icc):
+    pixels = photo_like(12, 10)
+    path = tmp_path / "tagged.png"
+    Image.fromarray(pixels).save(path, icc_profile=icc)
+    x, info = to_tensor(open_image(path))
+    assert np.array_equal(np.asarray(to_pil(x, info)), pixels)

@@ -5,10 +5,18 @@ which inputs are accepted, converts them, and remembers the original mode so tha
 back what was given: 8-bit grayscale ("L"), RGB, and RGBA whose alpha is fully opaque. Everything
 else (16-bit, float, translucent alpha, CMYK, empty images) is refused with an ImageError rather
 than silently changed.
+
+Colour: the models were trained on sRGB photos and decoded PNGs carry no colour profile, so an
+RGB image with an embedded ICC profile other than sRGB (a phone's Display P3, Adobe RGB) is
+converted to sRGB (relative colorimetric, littleCMS through Pillow's ImageCms) before coding;
+otherwise its colours would be shown as sRGB after decoding, visibly wrong. A profile that cannot
+be read, or that describes another colour space than the pixels', is ignored, as viewers do.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +24,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from vqcodec.errors import ImageError
 
@@ -133,11 +141,45 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
         raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
     if mode not in ("RGB", "L", "RGBA"):
         raise ImageError(f"image mode {mode!r} is not supported: convert to RGB, L or RGBA first")
+    if mode in ("RGB", "RGBA"):
+        image = _in_srgb(image)
     if mode in ("RGB", "L") and "transparency" in image.info:  # a PNG tRNS colour: transparent where it occurs
         alpha = np.asarray(image.convert("RGBA" if mode == "RGB" else "LA"))[..., -1]
         if (alpha != 255).any():
             raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
     return _from_array(np.asarray(image))
+
+
+def _in_srgb(image: Image.Image) -> Image.Image:
+    """An RGB(A) image with its embedded ICC profile applied: its colours in sRGB, alpha kept."""
+    source = _rgb_profile(image.info.get("icc_profile"))
+    if source is None:
+        return image
+    rgb = ImageCms.profileToProfile(image.convert("RGB"), source, _srgb_profile(),
+                                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB")
+    if image.mode == "RGBA":
+        rgb.putalpha(image.getchannel("A"))
+    return rgb
+
+
+def _rgb_profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
+    """The embedded profile if it is a readable RGB profile that is not sRGB itself, else None."""
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None  # unreadable: viewers show such images as sRGB, so do we
+    if profile.profile.xcolor_space.strip() != "RGB":
+        return None
+    if "srgb" in (profile.profile.profile_description or "").lower():
+        return None  # already sRGB: a conversion could only add rounding
+    return profile
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _from_array(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
