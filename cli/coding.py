@@ -23,6 +23,7 @@ from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import open_image
 from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
+from vqcodec.rate_control import compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
 DEVICES = click.Choice(["cpu", "cuda"])
@@ -68,12 +69,13 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
         try:
             _refuse_overwrite(dst, force)
             image = open_image(io.BytesIO(_read_stdin()) if src == STDIO else src)
-            if codec is None:
-                name, data = _meet_target(image, target_bpp, order, optimize, device)
-            else:
-                with _TileBar(src) as bar:
+            with _TileBar(src) as bar:
+                if codec is None:
+                    name, data = compress_to_target(image, target_bpp, order=order, optimize=optimize,  # type: ignore[arg-type]
+                                                    device=device, progress=bar)
+                else:
                     data = codec.compress(image, order=order, optimize=optimize, progress=bar)  # type: ignore[arg-type]
-                name = codec.name
+                    name = codec.name
             _write(dst, lambda out: out.write(data))
             bpp = 8 * len(data) / (image.width * image.height)
             click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {len(data)} bytes, {bpp:.4f} bpp "
@@ -166,40 +168,6 @@ def _check_target(target_bpp: float) -> None:
         raise click.UsageError("--target-bpp picks the model itself; give --model or --target-bpp, not both")
 
 
-# A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
-# to 8.8 %, bundled models on six photos): a model whose nearest-code estimate exceeds the target by
-# more cannot meet it, and is not compressed.
-OPTIMISATION_SAVING_BOUND = 0.15
-
-
-def _meet_target(image, target_bpp: float, order: str, optimize: int, device: str) -> tuple[str, bytes]:
-    """The largest file within the target, else the smallest file, from the bundled models.
-
-    Each model first estimates its rate from the nearest codes (the prior's code lengths: no
-    optimisation, no coding, about a tenth of a compression's time); the models are then compressed
-    from the highest estimate down, skipping those that cannot meet the target, until a file does.
-    """
-    names = list_models()
-    if not names:
-        raise VQCodecError("no bundled models are installed")
-    pixels = image.width * image.height
-    estimate = {name: cached_codec(name, device).estimate_bits(image, order=order, optimize=0,  # type: ignore[arg-type]
-                                                               container=True) / pixels
-                for name in names}
-    reach = 1 - OPTIMISATION_SAVING_BOUND if optimize else 1.0  # nearest codes: the file holds the estimate
-    files: dict[str, bytes] = {}
-    for name in sorted(names, key=estimate.__getitem__, reverse=True):
-        if estimate[name] * reach > target_bpp:
-            continue
-        files[name] = cached_codec(name, device).compress(image, order=order, optimize=optimize)  # type: ignore[arg-type]
-        if 8 * len(files[name]) / pixels <= target_bpp:
-            return name, files[name]
-    lowest = min(names, key=estimate.__getitem__)
-    if lowest not in files:
-        files[lowest] = cached_codec(lowest, device).compress(image, order=order, optimize=optimize)  # type: ignore[arg-type]
-    return min(files.items(), key=lambda item: len(item[1]))
-
-
 def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
     """(input, output file) for each input; refuses a batch in which two inputs would share an output."""
     pairs = _targets(inputs, output, suffix)
@@ -249,6 +217,8 @@ class _TileBar:
         self.src, self.bar = src, None
 
     def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None and done == 1:  # --target-bpp: the next model's optimisation starts
+            self.bar.reset(total=total)
         if self.bar is None and sys.stderr.isatty():
             from tqdm import tqdm
 

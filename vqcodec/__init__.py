@@ -3,6 +3,7 @@
     >>> import vqcodec
     >>> data = vqcodec.compress(image)          # PIL image, uint8 array or float tensor -> bytes
     >>> image = vqcodec.decompress(data)        # bytes -> PIL image (model read from the header)
+    >>> name, data = vqcodec.compress_to_target(image, 0.3)  # the bundled model that best meets 0.3 bpp
 
 The public names below load lazily, so `import vqcodec.bitstream` stays free of torch.
 """
@@ -21,6 +22,7 @@ _LAZY = {
     "Symbols": "vqcodec.codec",
     "compress": "vqcodec.codec",
     "decompress": "vqcodec.codec",
+    "compress_to_target": "vqcodec.rate_control",
     "Header": "vqcodec.bitstream",
     "read_header": "vqcodec.bitstream",
     "list_models": "vqcodec.models",
