@@ -92,16 +92,23 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def decompress_command(inputs: Sequence[Path], output: str | None, model: str | None, device: str, force: bool) -> None:
-    """Decompress .vqc files to PNG images ('-' as input or -o: standard input or output)."""
+    """Decompress .vqc files to PNG images ('-' as input or -o: standard input or output).
+
+    An output file named .tif/.tiff, .bmp, .ppm/.pnm or .webp (lossless) is written in that format.
+    """
     given = _load(model, device) if model else None
     failures = _Failures()
-    for src, dst in _progress(_pairs(inputs, output, ".png")):
+    pairs = _pairs(inputs, output, ".png")
+    for _, dst in pairs:
+        _output_format(dst)  # a format it cannot write is refused before any decoding
+    for src, dst in _progress(pairs):
         try:
             _refuse_overwrite(dst, force)
             data = _read(src)
             codec = given or cached_codec(resolve_recorded(bitstream.read_header(data).model_name), device)
             image = codec.decompress(data)
-            _write(dst, lambda out: image.save(out, format="PNG"))
+            kind, options = _output_format(dst)
+            _write(dst, lambda out: image.save(out, format=kind, **options))
             click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
                        err=dst == STDIO)
         except (VQCodecError, OSError) as err:
@@ -166,6 +173,25 @@ def _check_target(target_bpp: float) -> None:
         raise click.BadParameter("must be a positive number", param_hint="--target-bpp")
     if click.get_current_context().get_parameter_source("model") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--target-bpp picks the model itself; give --model or --target-bpp, not both")
+
+
+# Decoded images are written losslessly (a lossy format would add its own loss), by the output's
+# suffix; no suffix, or standard output: PNG.
+OUTPUT_FORMATS: dict[str, tuple[str, dict]] = {
+    ".png": ("PNG", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".bmp": ("BMP", {}),
+    ".ppm": ("PPM", {}), ".pnm": ("PPM", {}), ".webp": ("WEBP", {"lossless": True}),
+}
+
+
+def _output_format(dst: Path) -> tuple[str, dict]:
+    """(Pillow format, save options) for a decoded image written to dst."""
+    if dst == STDIO or not dst.suffix:
+        return "PNG", {}
+    try:
+        return OUTPUT_FORMATS[dst.suffix.lower()]
+    except KeyError:
+        raise click.BadParameter(f"cannot write {dst.name}: decoded images are written losslessly, as "
+                                 f"{', '.join(OUTPUT_FORMATS)} (or no suffix: PNG)", param_hint="-o") from None
 
 
 def _pairs(inputs: Sequence[Path], output: str | None, suffix: str) -> list[tuple[Path, Path]]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -33,6 +34,30 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
     result = run("info", vqc)
     assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
     assert "format:   version 3 (exact prior)" in result.output and "order:    fast" in result.output
+
+
+@pytest.mark.parametrize("suffix, kind", [(".tiff", "TIFF"), (".bmp", "BMP"), (".ppm", "PPM"), (".webp", "WEBP"),
+                                          (".PNG", "PNG"), ("", "PNG")])
+def test_decompress_writes_the_lossless_format_its_output_names(tmp_path, image_file, tiny_model_path, suffix, kind):
+    vqc = tmp_path / "photo.vqc"
+    assert run("compress", image_file, "-o", vqc, "--model", tiny_model_path, "--optimize", "0").exit_code == 0
+    assert run("decompress", vqc, "-o", tmp_path / "ref.png", "--model", tiny_model_path).exit_code == 0
+    out = tmp_path / f"back{suffix}"
+    result = run("decompress", vqc, "-o", out, "--model", tiny_model_path)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as written, Image.open(tmp_path / "ref.png") as reference:
+        assert written.format == kind
+        assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(reference))
+
+
+@pytest.mark.parametrize("name", ["back.jpg", "back.avif", "back.xyz"])
+def test_decompress_refuses_an_output_it_cannot_write_losslessly_before_decoding(tmp_path, image_file,
+                                                                                 tiny_model_path, name):
+    vqc = tmp_path / "photo.vqc"
+    assert run("compress", image_file, "-o", vqc, "--model", tiny_model_path, "--optimize", "0").exit_code == 0
+    result = run("decompress", vqc, "-o", tmp_path / name, "--model", tiny_model_path)
+    assert result.exit_code == 2 and "losslessly" in result.output, result.output
+    assert not (tmp_path / name).exists()
 
 
 def test_info_says_which_arithmetic_an_older_file_needs():
