@@ -105,3 +105,19 @@ def test_the_cli_shows_a_tile_bar_on_a_terminal_only(monkeypatch):
             for done in range(1, 4):
                 bar(done, 3)
         assert ("big.png: optimising" in stream.getvalue() and "3/3" in stream.getvalue()) == shown
+
+
+def test_the_written_out_adam_matches_torch_adam_bit_for_bit():
+    torch.manual_seed(0)
+    start = [torch.randn(1, 4, 5, 6), torch.randn(1, 4, 3, 3)]
+    ours = [p.clone().requires_grad_(True) for p in start]
+    theirs = [p.clone().requires_grad_(True) for p in start]
+    mine, reference = rdo.Adam(ours, lr=2e-3), torch.optim.Adam(theirs, lr=2e-3)
+    for _ in range(12):
+        grads = [torch.randn_like(p) for p in start]
+        mine.step(tuple(grads))
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        reference.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
