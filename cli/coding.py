@@ -22,7 +22,7 @@ from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import open_image
-from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
+from vqcodec.models import DEFAULT, list_models, model_card, resolve, resolve_recorded
 from vqcodec.rate_control import compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
@@ -139,8 +139,16 @@ def info_command(path: Path) -> None:
 
 
 @click.command("models")
-def models_command() -> None:
-    """List the bundled models, lowest rate first."""
+@click.argument("name", required=False)
+def models_command(name: str | None) -> None:
+    """List the bundled models, lowest rate first; with NAME, show that model's card."""
+    if name is not None:
+        try:
+            card = model_card(resolve(name)[0] if name == "default" else name)
+        except VQCodecError as err:
+            raise click.ClickException(f"{err}; bundled models: {', '.join(list_models()) or 'none installed'}") from None
+        click.echo(card.rstrip() or f"{name}: no model card installed")
+        return
     names = list_models()
     if not names:
         raise click.ClickException("no bundled models are installed")

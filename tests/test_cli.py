@@ -271,3 +271,12 @@ def test_standard_streams_are_refused_where_they_cannot_work(tmp_path, image_fil
     bad = CliRunner().invoke(app, ["decompress", "-", "-o", str(tmp_path / "x.png")], input=b"garbage")
     assert bad.exit_code == 1 and "error: <stdin>: not a vqcodec file" in bad.stderr
     assert not (tmp_path / "x.png").exists() and "Traceback" not in bad.output
+
+
+def test_models_shows_a_card_by_name():
+    result = run("models", "vqc-4")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# vqc-4") and "## Training" in result.output and "bpp:" in result.output
+    assert run("models", "default").output.startswith("# vqc-3 (default)")
+    unknown = run("models", "vqc-9")
+    assert unknown.exit_code == 1 and "unknown model 'vqc-9'" in unknown.output and "vqc-1" in unknown.output
