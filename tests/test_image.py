@@ -55,7 +55,8 @@ def test_tensor_input_is_quantized_to_8_bits():
         (Image.new("CMYK", (4, 4)), "CMYK"),
         (torch.zeros(2, 3, 4, 4), "shape"),
         (torch.full((3, 4, 4), float("nan")), "NaN"),
-        ("not an image", "unsupported input type"),
+        (42, "unsupported input type"),
+        ("no-such-photo.png", "no such file"),
     ],
 )
 def test_unsupported_inputs_are_refused_clearly(bad, message):
@@ -150,3 +151,14 @@ def test_srgb_and_unreadable_profiles_leave_the_pixels_alone(tmp_path, icc):
     Image.fromarray(pixels).save(path, icc_profile=icc)
     x, info = to_tensor(open_image(path))
     assert np.array_equal(np.asarray(to_pil(x, info)), pixels)
+
+
+def test_a_file_path_is_read_like_open_image_reads_it(tmp_path):
+    e = Image.Exif()
+    e[0x0112] = 6  # the path goes through open_image: the orientation is applied
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(photo_like(20, 30)).save(path, exif=e)
+    for given in (path, str(path)):
+        x, info = to_tensor(given)
+        assert (info.height, info.width) == (30, 20)
+        assert torch.equal(x, to_tensor(open_image(path))[0])

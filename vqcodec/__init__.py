@@ -1,7 +1,7 @@
 """vqcodec: learned image compression with a hierarchical VQ-VAE, a PixelCNN prior and rANS.
 
     >>> import vqcodec
-    >>> data = vqcodec.compress(image)          # PIL image, uint8 array or float tensor -> bytes
+    >>> data = vqcodec.compress(image)          # PIL image, uint8 array, float tensor or path -> bytes
     >>> image = vqcodec.decompress(data)        # bytes -> PIL image (model read from the header)
     >>> name, data = vqcodec.compress_to_target(image, 0.3)  # the bundled model that best meets 0.3 bpp
 

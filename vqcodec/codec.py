@@ -120,7 +120,7 @@ class Codec:
 
     def compress(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
                  progress: rdo.Progress | None = None) -> bytes:
-        """Image (PIL, uint8 array or float tensor) -> .vqc bytes.
+        """Image (PIL, uint8 array, float tensor or image file path) -> .vqc bytes.
 
         optimize: encoder effort, steps of rate-distortion optimization of the symbols (0: nearest
         codes, fastest); files decode the same way whatever it was. progress: as in `encode`.

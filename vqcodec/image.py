@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ MAX_PIXELS = 1 << 27  # ~134 MP: larger inputs would need more memory than a cod
 # What Pillow's readers raise for a file that is not a (supported, intact) image.
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
 
 
 @dataclass(frozen=True)
@@ -99,18 +100,21 @@ def to_tensor(image: ImageLike) -> tuple[torch.Tensor, ImageInfo]:
 
     Args:
         image: PIL image (RGB, L, opaque RGBA, or palette), uint8 array (H, W), (H, W, 1),
-            (H, W, 3) or (H, W, 4), or float tensor (3, H, W) / (1, 3, H, W) in [0, 1].
+            (H, W, 3) or (H, W, 4), float tensor (3, H, W) / (1, 3, H, W) in [0, 1], or the path
+            of an image file (read by `open_image`).
 
     Returns:
         x: (1, 3, H, W) float32 in [0, 1] on the CPU, and the ImageInfo to restore the input's mode.
     """
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, torch.Tensor):
         return _from_tensor(image)
-    raise ImageError(f"unsupported input type {type(image).__name__}: give a PIL image, uint8 array or tensor")
+    raise ImageError(f"unsupported input type {type(image).__name__}: give a PIL image, uint8 array, tensor or file path")
 
 
 def to_pil(x: torch.Tensor, info: ImageInfo) -> Image.Image:

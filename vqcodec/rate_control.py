@@ -11,13 +11,14 @@ only the models whose estimate can still meet the target are compressed, highest
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from vqcodec import rdo
 from vqcodec.codec import Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import ImageLike, to_tensor
+from vqcodec.image import ImageLike, open_image, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -45,6 +46,8 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
     candidates = list(models) if models is not None else list_models()
     if not candidates:
         raise VQCodecError("no models to choose from: none are bundled and none were given")
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)  # once, not once per model
     _, info = to_tensor(image)  # refuses a bad image before any model is loaded
     pixels = info.height * info.width
     codecs = [cached_codec(model, device) for model in candidates]
