@@ -22,7 +22,7 @@ from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import open_image
-from vqcodec.models import DEFAULT, list_models, model_card, resolve, resolve_recorded
+from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
 from vqcodec.rate_control import compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
@@ -144,7 +144,7 @@ def models_command(name: str | None) -> None:
     """List the bundled models, lowest rate first; with NAME, show that model's card."""
     if name is not None:
         try:
-            card = model_card(resolve(name)[0] if name == "default" else name)
+            card = model_card(DEFAULT if name == "default" else name)
         except VQCodecError as err:
             raise click.ClickException(f"{err}; bundled models: {', '.join(list_models()) or 'none installed'}") from None
         click.echo(card.rstrip() or f"{name}: no model card installed")

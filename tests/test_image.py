@@ -162,3 +162,12 @@ def test_a_file_path_is_read_like_open_image_reads_it(tmp_path):
         x, info = to_tensor(given)
         assert (info.height, info.width) == (30, 20)
         assert torch.equal(x, to_tensor(open_image(path))[0])
+
+
+def test_a_transparent_colour_key_is_refused_in_a_profiled_image_too(tmp_path):
+    pixels = photo_like(6, 8)
+    pixels[0, 0] = (10, 20, 30)
+    path = tmp_path / "keyed.png"
+    Image.fromarray(pixels).save(path, transparency=(10, 20, 30), icc_profile=rgb_icc_profile("P3", DISPLAY_P3))
+    with pytest.raises(ImageError, match="transparency"):
+        to_tensor(open_image(path))

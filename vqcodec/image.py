@@ -145,12 +145,12 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
         raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
     if mode not in ("RGB", "L", "RGBA"):
         raise ImageError(f"image mode {mode!r} is not supported: convert to RGB, L or RGBA first")
-    if mode in ("RGB", "RGBA"):
-        image = _in_srgb(image)
     if mode in ("RGB", "L") and "transparency" in image.info:  # a PNG tRNS colour: transparent where it occurs
         alpha = np.asarray(image.convert("RGBA" if mode == "RGB" else "LA"))[..., -1]
         if (alpha != 255).any():
             raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
+    if mode in ("RGB", "RGBA"):
+        image = _in_srgb(image)  # after the tRNS test: the converted image has no info to test
     return _from_array(np.asarray(image))
 
 
