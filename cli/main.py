@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from vqcodec import __version__
@@ -14,6 +16,11 @@ from vqcodec.cli.training import train_command, train_decoder_command, train_pri
 @click.version_option(__version__, prog_name="vqcodec")
 def app() -> None:
     """vqcodec: learned image compression with a VQ-VAE-2, a PixelCNN prior and rANS bitstreams."""
+    warnings.formatwarning = _one_line  # a library's warning (say Pillow's, on a damaged file) is a line, not its source
+
+
+def _one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    return f"warning: {message}\n"
 
 
 for _command in (compress_command, decompress_command, info_command, models_command,

@@ -150,6 +150,15 @@ def test_subprocess_error_is_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
 
+def test_a_library_warning_is_one_line_not_its_source(tmp_path, tiny_model_path):
+    path = tmp_path / "damaged-exif.png"
+    Image.fromarray(photo_like(16, 16)).save(path, exif=b"MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03")
+    proc = subprocess.run([sys.executable, "-m", "vqcodec.cli", "compress", str(path), "-o", str(tmp_path / "x.vqc"),
+                           "-m", str(tiny_model_path), "--optimize", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: Corrupt EXIF data" in proc.stderr and "warnings.warn" not in proc.stderr, proc.stderr
+
+
 def test_target_bpp_picks_a_bundled_model(tmp_path, image_file):
     from vqcodec.models import list_models
 
