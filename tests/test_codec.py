@@ -276,3 +276,17 @@ def test_rate_estimates_of_large_maps_run_in_bands_and_stay_close(codec, monkeyp
         assert banded != whole and banded == pytest.approx(whole, rel=0.03), order
     monkeypatch.setattr(codec_module, "ESTIMATE_IN_BANDS_ABOVE", 100)
     assert codec.estimate_bits(image, optimize=0) == pytest.approx(codec.prior.bits_in_bands(symbols, "fast"))
+
+
+def test_a_forged_image_size_beyond_what_encoders_make_is_refused_before_decoding(codec, monkeypatch):
+    import dataclasses
+
+    data = codec.compress(photo_like(16, 16), optimize=0)
+    header, chunks = bitstream.unpack(data)
+    ratios = [16 // h for h, _ in header.level_shapes]  # pixels per symbol, per level
+    side = 12000  # 144 MP: the container allows it, no encoder produces it
+    forged = bitstream.pack(dataclasses.replace(header, width=side, height=side,
+                                                level_shapes=tuple((side // r, side // r) for r in ratios)), chunks)
+    monkeypatch.setattr(Codec, "_decode_level", lambda *a, **k: pytest.fail("decoded a forged header"))
+    with pytest.raises(BitstreamError, match="claims a 12000x12000 image"):
+        codec.decompress(forged)

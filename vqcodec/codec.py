@@ -30,6 +30,7 @@ from vqcodec import bitstream, entropy, exact, rdo
 from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
+from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
 from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
@@ -248,6 +249,9 @@ class Codec:
             raise BitstreamError(f"file was made by model {header.model_name!r}, not {self.name!r}")
         if header.weights_digest != self.digest:
             raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch)")
+        if header.width * header.height > MAX_IMAGE_PIXELS:  # no encoder made it; a forged size costs minutes
+            raise BitstreamError(f"file claims a {header.width}x{header.height} image, more than the "
+                                 f"{MAX_IMAGE_PIXELS} pixels vqcodec encodes")
         if not self._fits(header.level_shapes, header.height, header.width):
             raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
         if header.order not in ORDERS:
