@@ -20,6 +20,9 @@ _PER_LEVEL = ("downsample", "codebook_size", "code_dim")
 # Side, in pixels, of the image area `VQVAE2.decode` reconstructs at once: larger images go tile by
 # tile (12 MP with vqc-3: 2.8 GB peak and super-linear time when decoded whole).
 DECODE_TILE_PIXELS = 1024
+# The same for `VQVAE2.latent_vectors` (encoding): whole, a 16.8 MP image took 1.5 GB above the
+# model with vqc-3, growing with the image; in tiles 0.85 GB, about 0.4 GB of it the tile's.
+ENCODE_TILE_PIXELS = 2048
 
 
 class Tile(NamedTuple):
@@ -319,15 +322,36 @@ class VQVAE2(nn.Module):
         return self.latent_vectors(x)[1]
 
     @torch.no_grad()
-    def latent_vectors(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def latent_vectors(self, x: Tensor, *, tile_pixels: int = ENCODE_TILE_PIXELS) -> tuple[list[Tensor], list[Tensor]]:
         """x (B, 3, H, W) in [0, 1] -> (the vectors each level quantizes, their nearest codes), bottom first.
 
         Vectors (B, D_l, h_l, w_l) float, codes (B, h_l, w_l) int64. Top-down: a level's vectors
-        depend on the nearest codes of the level above.
+        depend on the nearest codes of the level above. Images larger than tile_pixels on a side
+        are encoded in tiles of about that side, each with the encoder's reach around it
+        (`encode_halo`), so memory stays bounded; the tiles match the whole-image pass up to
+        float rounding.
         """
-        features = self._features(self._pad(x))
-        vectors: list[Tensor] = [x.new_empty(0)] * self.config.levels
-        symbols: list[Tensor] = [x.new_empty(0, dtype=torch.int64)] * self.config.levels
+        padded = self._pad(x)
+        scale = self.config.downsample[0]
+        height, width = padded.shape[-2] // scale, padded.shape[-1] // scale
+        tile = tile_pixels // scale
+        if max(height, width) <= tile:
+            return self._latents(padded)
+        ratios = self.level_ratios()
+        batch = padded.shape[0]
+        vectors = [padded.new_empty(batch, dim, height // f, width // f) for dim, f in zip(self.config.code_dim, ratios)]
+        symbols = [torch.empty(batch, height // f, width // f, dtype=torch.int64, device=padded.device) for f in ratios]
+        for t in self.tiles(height, width, tile, halo=self.encode_halo()):
+            part_vectors, part_symbols = self._latents(padded[..., t.r0 * scale : t.r1 * scale, t.c0 * scale : t.c1 * scale])
+            t.paste(vectors, part_vectors, ratios)
+            t.paste(symbols, part_symbols, ratios)
+        return vectors, symbols
+
+    def _latents(self, padded: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """`latent_vectors` of an image already padded and centred by `_pad` (or a crop of one)."""
+        features = self._features(padded)
+        vectors: list[Tensor] = [padded.new_empty(0)] * self.config.levels
+        symbols: list[Tensor] = [padded.new_empty(0, dtype=torch.int64)] * self.config.levels
         above: Tensor | None = None
         for level in reversed(range(self.config.levels)):
             quantizer = self.quantizers[level]
@@ -377,14 +401,30 @@ class VQVAE2(nn.Module):
         reach = 1 + cfg.res_blocks + cfg.refine_blocks + 2 + cfg.tail_blocks + 1 + 2 * coarsest
         return -(-reach // coarsest) * coarsest
 
+    def encode_halo(self) -> int:
+        """Bottom-grid cells of context each side of a tile: an upper bound of the encoder's reach.
+
+        Each level's encoder reaches under two of its own cells through its strided 4x4
+        convolutions, one through its 3x3 convolution and one per res block, on top of the reach
+        of the level below whose features it reads; a level's vectors also read the decoded codes
+        of the level above (`cond_decoders`: a 3x3 convolution, res blocks and under two of that
+        level's cells of transposed convolutions). Rounded up to whole top-level cells.
+        """
+        ratios = self.level_ratios()
+        own = 2 + 1 + self.config.res_blocks
+        conditioning = 1 + self.config.res_blocks + 2
+        reach = sum(own * f for f in ratios) + sum(conditioning * f for f in ratios[1:])
+        return -(-reach // ratios[-1]) * ratios[-1]
+
     def level_ratios(self) -> list[int]:
         """Bottom-grid cells per cell of each level, bottom first (1 for the bottom)."""
         return [math.prod(self.config.downsample[1 : i + 1]) for i in range(self.config.levels)]
 
-    def tiles(self, height: int, width: int, tile: int) -> list[Tile]:
+    def tiles(self, height: int, width: int, tile: int, *, halo: int | None = None) -> list[Tile]:
         """Tiles of about `tile` cells a side (whole top-level cells) covering a height x width bottom
-        grid, row by row, each with `decode_halo` cells of context around it."""
-        step, halo = self.level_ratios()[-1], self.decode_halo()
+        grid, row by row, each with `halo` cells of context around it (default: `decode_halo`)."""
+        step = self.level_ratios()[-1]
+        halo = self.decode_halo() if halo is None else halo
         tile = max(step, tile // step * step)
         return [Tile(top, left, min(tile, height - top), min(tile, width - left),
                      max(0, top - halo), min(height, top + tile + halo),
