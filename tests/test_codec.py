@@ -290,3 +290,20 @@ def test_a_forged_image_size_beyond_what_encoders_make_is_refused_before_decodin
     monkeypatch.setattr(Codec, "_decode_level", lambda *a, **k: pytest.fail("decoded a forged header"))
     with pytest.raises(BitstreamError, match="claims a 12000x12000 image"):
         codec.decompress(forged)
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_coding_a_step_in_parts_writes_the_same_bytes(codec, monkeypatch, order):
+    import vqcodec.codec as codec_module
+
+    image = photo_like(48, 64, seed=9)
+    whole = codec.compress(image, order=order, optimize=0)
+    parts = []
+    real_parts = Codec._parts
+    monkeypatch.setattr(codec_module, "CODING_PART_ENTRIES", 3 * max(codec.prior.config.codebook_size))
+    monkeypatch.setattr(Codec, "_parts", lambda self, *a: parts.append(real_parts(self, *a)) or parts[-1])
+    assert codec.compress(image, order=order, optimize=0) == whole
+    if order == "fast":
+        assert max(len(p) for p in parts) > 3  # the steps were cut into several parts
+    assert all(torch.equal(a, b) for a, b in zip(codec.decode_symbols(whole).levels,
+                                                 codec.encode(image, order=order, optimize=0).levels))

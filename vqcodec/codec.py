@@ -39,6 +39,9 @@ from vqcodec.vqvae import VQVAE2
 # Bottom-level symbols above which `estimate_bits` evaluates the prior in bands of rows: whole-map
 # logits take 8 bytes per code and symbol (vqc-4: 1 GB at 2 MP, 6 GB at 12 MP).
 ESTIMATE_IN_BANDS_ABOVE = 1 << 17
+# Probabilities coded at once (symbols x codes): a fast-order step of a large map is coded in parts
+# of this many, whose tables take about 40 bytes an entry on the way (2^22: about 170 MB).
+CODING_PART_ENTRIES = 1 << 22
 
 Order = Literal["fast", "raster"]
 ORDERS: tuple[str, ...] = ("fast", "raster")
@@ -210,10 +213,11 @@ class Codec:
         flat = levels[level].reshape(-1)
         encoder = entropy.SymbolEncoder()
         # The encoder knows every symbol, so it computes the steps last to first, as rANS pushes
-        # them, and holds one probability table at a time (all of a 12 MP image's: 1.5 GB).
+        # them, and holds one part of one probability table at a time (all of a 12 MP image's: 1.5 GB).
         for step in reversed(range(len(stepper.schedule))):
-            logits = stepper.logits(step, levels[level])
-            encoder.push(flat[stepper.schedule[step]].numpy(), entropy.canonical_probabilities(logits.numpy()))
+            positions, part = stepper.schedule[step], stepper.step_logits(step, levels[level])
+            for lo, hi in reversed(self._parts(len(positions), level, version)):
+                encoder.push(flat[positions[lo:hi]].numpy(), entropy.canonical_probabilities(part(lo, hi).numpy()))
         return encoder.finish()
 
     @torch.no_grad()
@@ -224,12 +228,23 @@ class Codec:
         flat = levels[level].view(-1)
         codebook_size = self.prior.config.codebook_size[level]
         for step, positions in enumerate(stepper.schedule):
-            logits = stepper.logits(step, levels[level])
-            values = decoder.decode(entropy.canonical_probabilities(logits.numpy()))
-            if values.size and (values.min() < 0 or values.max() >= codebook_size):
-                raise BitstreamError("decoded symbol outside the codebook: the file is corrupt")
-            flat[positions] = torch.from_numpy(values.astype(np.int64))
+            part = stepper.step_logits(step, levels[level])
+            for lo, hi in self._parts(len(positions), level, version):
+                values = decoder.decode(entropy.canonical_probabilities(part(lo, hi).numpy()))
+                if values.size and (values.min() < 0 or values.max() >= codebook_size):
+                    raise BitstreamError("decoded symbol outside the codebook: the file is corrupt")
+                flat[positions[lo:hi]] = torch.from_numpy(values.astype(np.int64))
         decoder.finish()
+
+    def _parts(self, count: int, level: int, version: int) -> list[tuple[int, int]]:
+        """Slices of a step's `count` positions, coded one after another: each holds at most
+        CODING_PART_ENTRIES probabilities. The coded symbols and their order are the same as in
+        one piece, so the bytes are too; format 2's float32 prior keeps whole steps, whose sums
+        a part could round differently."""
+        size = max(1, CODING_PART_ENTRIES // self.prior.config.codebook_size[level])
+        if version < 3 or count <= size:
+            return [(0, count)]
+        return [(lo, min(lo + size, count)) for lo in range(0, count, size)]
 
     def _stepper(self, levels: list[torch.Tensor], level: int, order: str, version: int = bitstream.VERSION):
         """The decode steps of a format version: version 1 has the one-position raster schedule,

@@ -391,6 +391,11 @@ class GroupedContextModel(nn.Module):
             (B, K, hp / s, wp / s) float32: cell (I, J) holds the logits of that block's position
             of the group being decoded.
         """
+        return self.head(self.pass_trunk(symbols, visible, features))
+
+    def pass_trunk(self, symbols: Tensor, visible: Tensor, features: Tensor | None) -> Tensor:
+        """`pass_logits` before its head: (B, C, hp / s, wp / s). The head works cell by cell (1x1),
+        so it can run on any subset of cells."""
         if self.input_table is not None:
             x = self.input_table(symbols, visible)
         else:
@@ -403,7 +408,7 @@ class GroupedContextModel(nn.Module):
         for unit, bias in zip(self.units, biases[1:]):
             x = _plus(x, bias)
             x = x + unit(F.relu(x))
-        return self.head(x)
+        return x
 
     def forward(self, symbols: Tensor, features: Tensor | None) -> Tensor:
         """Teacher-forced logits, s * s passes with their visibility: (B, h, w) int64 -> (B, K, h, w)."""

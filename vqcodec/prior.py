@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -102,6 +103,17 @@ class LevelStepper(abc.ABC):
             (n_step, K) float32 on the CPU; bit-identical whatever the other positions hold.
         """
 
+    def step_logits(self, step: int, symbols: Tensor) -> Callable[[int, int], Tensor]:
+        """`logits` a slice at a time: part(lo, hi) gives the logits of schedule[step][lo:hi].
+
+        The step's network pass runs once, here; each part then costs only its own rows, so a
+        caller can code a step of a large map without its whole (n_step, K) table. With lo, hi
+        = 0, n_step the part is `logits` itself; a smaller part may differ from its slice of
+        `logits` in float32 rounding, but not in exact arithmetic (`vqcodec.exact`).
+        """
+        whole = self.logits(step, symbols)
+        return lambda lo, hi: whole[lo:hi]
+
 
 class RasterStepper(LevelStepper):
     """The gated PixelCNN's exact raster-order model, decoded one wavefront per step.
@@ -188,12 +200,26 @@ class GroupStepper(LevelStepper):
     @torch.no_grad()
     def logits(self, step: int, symbols: Tensor) -> Tensor:
         """symbols (1, h, w) int64 -> (n_step, K) float32 logits of group `step` (reads only earlier groups)."""
+        return self.step_logits(step, symbols)(0, len(self.schedule[step]))
+
+    @torch.no_grad()
+    def step_logits(self, step: int, symbols: Tensor) -> Callable[[int, int], Tensor]:
         visible = self.visible[step]
         hp, wp = visible.shape[-2:]
         padded = F.pad(symbols.to(visible.device), (0, wp - self.width, 0, hp - self.height))
         hidden = torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded))
-        out = self.net.pass_logits(hidden, visible, self.features)  # (1, K, hp/s, wp/s)
-        return out.flatten(2)[0][:, self.cells[step]].t().float().cpu().contiguous()
+        trunk = self.net.pass_trunk(hidden, visible, self.features)  # (1, C, hp/s, wp/s)
+        cells = self.cells[step]
+
+        @torch.no_grad()
+        def part(lo: int, hi: int) -> Tensor:
+            if (lo, hi) == (0, len(cells)):  # the whole grid through the head: the float32 sums of format 2
+                out = self.net.head(trunk).flatten(2)[0][:, cells]
+            else:  # only these cells (the head is 1x1): memory of the part alone
+                out = self.net.head(trunk.flatten(2)[..., cells[lo:hi], None])[0, :, :, 0]
+            return out.t().float().cpu().contiguous()
+
+        return part
 
 
 class SymbolPrior(nn.Module):
