@@ -13,8 +13,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch

@@ -84,8 +84,8 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
     chosen = [s.clone() for s in nearest]
     tiles = vqvae.tiles(*nearest[0].shape[-2:], TILE_PIXELS // scale)
     for done, t in enumerate(tiles, 1):
-        pixels = x[..., t.r0 * scale : t.r1 * scale, t.c0 * scale : t.c1 * scale]
-        found = _optimized(vqvae, prior, pixels, t.crop(vectors, ratios), t.crop(nearest, ratios), order, steps)
+        found = _optimized(vqvae, prior, t.crop_pixels(x, scale), t.crop(vectors, ratios), t.crop(nearest, ratios),
+                           order, steps)
         t.paste(chosen, found, ratios)
         if progress is not None:
             progress(done, len(tiles))

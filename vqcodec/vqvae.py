@@ -28,8 +28,9 @@ ENCODE_TILE_PIXELS = 2048
 class Tile(NamedTuple):
     """One tile of the bottom grid: its own cells (top, left, rows, cols) and the crop around them.
 
-    The crop (rows r0 .. r1 - 1, columns c0 .. c1 - 1) adds the decoder's reach on every side
-    where the map goes on. All edges lie on whole top-level cells, so every level crops exactly.
+    The crop (rows r0 .. r1 - 1, columns c0 .. c1 - 1) adds a halo, the decoder's or the encoder's
+    reach, on every side where the map goes on. All edges lie on whole top-level cells, so every
+    level crops exactly.
     """
 
     top: int
@@ -44,6 +45,10 @@ class Tile(NamedTuple):
     def crop(self, maps: list[Tensor], ratios: list[int]) -> list[Tensor]:
         """The crop of each level's map (..., h_l, w_l); ratios: bottom cells per cell of each level."""
         return [m[..., self.r0 // f : self.r1 // f, self.c0 // f : self.c1 // f] for m, f in zip(maps, ratios)]
+
+    def crop_pixels(self, image: Tensor, scale: int) -> Tensor:
+        """The crop of an image (..., H, W) with `scale` pixels per bottom cell."""
+        return image[..., self.r0 * scale : self.r1 * scale, self.c0 * scale : self.c1 * scale]
 
     def paste(self, maps: list[Tensor], cropped: list[Tensor], ratios: list[int]) -> None:
         """Write the tile's own cells of `cropped` (maps of the crop) into `maps` (whole-grid maps)."""
@@ -342,7 +347,7 @@ class VQVAE2(nn.Module):
         vectors = [padded.new_empty(batch, dim, height // f, width // f) for dim, f in zip(self.config.code_dim, ratios)]
         symbols = [torch.empty(batch, height // f, width // f, dtype=torch.int64, device=padded.device) for f in ratios]
         for t in self.tiles(height, width, tile, halo=self.encode_halo()):
-            part_vectors, part_symbols = self._latents(padded[..., t.r0 * scale : t.r1 * scale, t.c0 * scale : t.c1 * scale])
+            part_vectors, part_symbols = self._latents(t.crop_pixels(padded, scale))
             t.paste(vectors, part_vectors, ratios)
             t.paste(symbols, part_symbols, ratios)
         return vectors, symbols
