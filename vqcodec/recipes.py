@@ -9,8 +9,8 @@ Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --co
 the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symbols and the prior as
 they are. The decoder stages of vqc-3 and vqc-4 ran four times (4 refine blocks for 3,000 steps,
 then 8 for 8,500 and 7,500 more, then 12 for 5,500 more, once 8-bit priors had made room in the
-16 MB weights budget, then 16 for 6,800 more); those of vqc-1 and vqc-2 twice, with 4 blocks both
-times (2,000 steps, then 8,500 more); each recipe is one stage of the total. The shipped priors
+16 MB weights budget, then 16 for 6,800 more); those of vqc-1 and vqc-2 three times (4 blocks for
+2,000 steps, then 8,500 more, then 8 blocks for 7,000 more); each recipe is one stage of the total. The shipped priors
 were also fine-tuned again on the same symbols after the decoder stage; `prior_steps` counts all the
 prior steps they saw (order does not matter: the symbols never change); where a fine-tuning trained
 one decode order only (`--order`), it counts the steps of the order that saw the most, since a
@@ -99,9 +99,9 @@ RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
     "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR, vqvae_steps=3000, prior_steps=9050, prior_crop=256,
-                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
+                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR, vqvae_steps=3000, prior_steps=8200, prior_crop=256,
-                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=10500)),
+                    vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=38450, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=23800, refine_blocks=16)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR_X4,
