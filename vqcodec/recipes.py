@@ -10,11 +10,11 @@ the recipe has one) `vqcodec train-decoder --config NAME`, which leaves the symb
 they are. The decoder stages of vqc-3 and vqc-4 ran four times (4 refine blocks for 3,000 steps,
 then 8 for 8,500 and 7,500 more, then 12 for 5,500 more, once 8-bit priors had made room in the
 16 MB weights budget, then 16 for 6,800 more); those of vqc-1 and vqc-2 three times (4 blocks for
-2,000 steps, then 8,500 more, then 8 blocks for 7,000 more); each recipe is one stage of the total. The shipped priors
-were also fine-tuned again on the same symbols after the decoder stage; `prior_steps` counts all the
-prior steps they saw (order does not matter: the symbols never change); where a fine-tuning trained
-one decode order only (`--order`), it counts the steps of the order that saw the most, since a
-rebuild trains both orders together.
+2,000 steps, then 8,500 more, then 8 blocks for 7,000 more); each recipe is one stage of the total.
+The shipped priors were also fine-tuned again on the same symbols after the decoder stage;
+`prior_steps` counts all the prior steps they saw (order does not matter: the symbols never
+change); where a fine-tuning trained one decode order only (`--order`), it counts the steps of the
+order that saw the most, since a rebuild trains both orders together.
 The fast orders of vqc-3 and vqc-4 were rebuilt with more groups and depth, then width, on the way
 (warm-started, see their cards).
 """
