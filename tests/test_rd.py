@@ -242,3 +242,36 @@ def test_bench_runs_a_model_file_of_ones_own(tiny_images: Path, tmp_path: Path, 
     result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "vqcodec", "--model",
                                                 "vqc-9", "--out", str(out)])
     assert result.exit_code == 1 and "unknown model 'vqc-9'" in result.output
+
+
+def _curve(points: list[str], bpp: list[float], digests: dict[str, str], order: str = "fast") -> dict:
+    data = _result("vqcodec-fast", bpp, [20.0 + 10 * b for b in bpp])
+    return {**data, "protocol": "file: 24 images", "points": points,
+            "settings": {"models": points, "order": order, "weights_digest": digests}}
+
+
+def test_merging_results_replaces_the_re_run_points_and_keeps_the_others():
+    base = _curve(["vqc-1", "vqc-2"], [0.1, 0.2], {"vqc-1": "aa", "vqc-2": "bb"})
+    update = _curve(["vqc-2"], [0.18], {"vqc-2": "cc"})
+    update["results"]["encoding_time"] = [7.5]
+    merged = rd.merge_results(base, update)
+    assert merged["points"] == ["vqc-1", "vqc-2"] and merged["results"]["bpp"] == [0.1, 0.18]
+    assert merged["results"]["psnr-rgb"] == [21.0, 21.8] and merged["results"]["encoding_time"] == [0.0, 7.5]
+    assert merged["settings"]["weights_digest"] == {"vqc-1": "aa", "vqc-2": "cc"}
+    assert base["results"]["bpp"] == [0.1, 0.2]  # the inputs are left as they were
+
+
+def test_merging_results_adds_a_new_point_at_the_end():
+    merged = rd.merge_results(_curve(["vqc-1"], [0.1], {"vqc-1": "aa"}), _curve(["vqc-5"], [0.6], {"vqc-5": "ee"}))
+    assert merged["points"] == ["vqc-1", "vqc-5"] and merged["settings"]["models"] == ["vqc-1", "vqc-5"]
+    assert merged["results"]["bpp"] == [0.1, 0.6]
+
+
+@pytest.mark.parametrize("change", ["order", "protocol", "name"])
+def test_results_of_another_curve_are_not_merged(change: str):
+    base = _curve(["vqc-1"], [0.1], {"vqc-1": "aa"})
+    update = _curve(["vqc-1"], [0.1], {"vqc-1": "aa"}, order="raster" if change == "order" else "fast")
+    if change != "order":
+        update[change] = "other"
+    with pytest.raises(ValueError, match=change):
+        rd.merge_results(base, update)

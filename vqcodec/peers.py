@@ -204,7 +204,9 @@ def vqcodec_codec(order: str = "fast", models: Sequence[str] | None = None) -> C
     names = [point.label for point in points]
     return CodecUnderTest(
         name=f"vqcodec-{order}",
-        description=f"vqcodec models {names}, decode order {order!r}, default encoder effort, CPU",
+        # The models are in settings, not here: a curve merged from runs of some models shares this text.
+        description=f"vqcodec, one point per model (settings.models), decode order {order!r}, "
+                    "default encoder effort, CPU",
         points=tuple(points),
         settings={"models": names, "order": order, "optimize_steps": DEFAULT_STEPS, "device": "cpu",
                   "weights_digest": digests, "format_version": VERSION},

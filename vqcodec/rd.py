@@ -179,6 +179,50 @@ def write_results(data: dict, path: Path) -> Path:
     return path
 
 
+def merge_results(base: dict, update: dict) -> dict:
+    """`base` with the points `update` measured replaced (or added): re-run some models of a curve.
+
+    Both must be the same codec under the same protocol and settings (bar the model list and the
+    weights digests, which are merged); every value of a re-run point, times included, comes from
+    `update`. Raises ValueError when they cannot share one curve.
+    """
+    check_results(base)
+    check_results(update)
+    for key in ("name", "protocol"):
+        if base.get(key) != update.get(key):
+            raise ValueError(f"cannot merge results with different {key}s: {base.get(key)!r} and {update.get(key)!r}")
+    if "points" not in base or "points" not in update:
+        raise ValueError(f"{base['name']}: merging needs each point's label ('points')")
+    merged = json.loads(json.dumps(base))  # a deep copy that stays JSON
+    merged["settings"] = _merged_settings(base.get("settings", {}), update.get("settings", {}), base["name"])
+    merged["description"] = update.get("description", base.get("description", ""))
+    for j, label in enumerate(update["points"]):
+        if label not in merged["points"]:
+            merged["points"].append(label)
+            for values in merged["results"].values():
+                values.append(None)
+        i = merged["points"].index(label)
+        for key, values in update["results"].items():
+            merged["results"].setdefault(key, [None] * len(merged["points"]))[i] = values[j]
+    check_results(merged)
+    return merged
+
+
+def _merged_settings(base: dict, update: dict, name: str) -> dict:
+    """Settings of a merged curve: lists and dicts (models, digests) united, everything else equal."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key, {}), dict):
+            merged[key] = {**base.get(key, {}), **value}
+        elif isinstance(value, list) and isinstance(base.get(key, []), list):
+            merged[key] = list(base.get(key, [])) + [v for v in value if v not in base.get(key, [])]
+        elif key in base and base[key] != value:
+            raise ValueError(f"{name}: cannot merge results measured with {key}={base[key]!r} and {value!r}")
+        else:
+            merged[key] = value
+    return merged
+
+
 def read_results(path: Path) -> dict:
     """Load a results JSON; older files' "ms-ssim" key is read as "ms-ssim-rgb"."""
     data = json.loads(Path(path).read_text())
