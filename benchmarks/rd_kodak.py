@@ -61,20 +61,14 @@ def run_codecs(specs: list[str], images: list[Path], out: Path, weights: Path,
 
 def merge_into(out: Path, codec: rd.CodecUnderTest, measurements: list[rd.Measurement]) -> list[str]:
     """Replace `codec`'s re-run points in out's JSON (both protocols), under a lock for side-by-side runs."""
-    notes = []
     out.mkdir(parents=True, exist_ok=True)
     folder_fd = os.open(out, os.O_RDONLY)  # the lock is on the folder itself: no lock file is left behind
     try:
         fcntl.flock(folder_fd, fcntl.LOCK_EX)
-        for protocol, folder in (("file", out), ("payload", out / rd.PAYLOAD_DIR)):
-            path = folder / f"{codec.name}.json"
-            update = rd.summarize(codec, measurements, protocol)
-            merged = rd.merge_results(rd.read_results(path), update) if path.exists() else update
-            rd.write_results(merged, path)
-            notes.append(f"{path}: points {update['points']} re-measured")
+        paths = rd.save_codec_results(codec, measurements, out, merge=True)
     finally:
         os.close(folder_fd)  # closing releases the lock
-    return notes
+    return [f"{path}: points {[point.label for point in codec.points]} re-measured" for path in paths]
 
 
 def sheet(image: Path, out: Path, target_bpp: float) -> list[str]:

@@ -275,3 +275,17 @@ def test_results_of_another_curve_are_not_merged(change: str):
         update[change] = "other"
     with pytest.raises(ValueError, match=change):
         rd.merge_results(base, update)
+
+
+def test_saving_with_merge_keeps_the_points_not_re_run_in_both_protocols(tiny_images: Path, tmp_path: Path):
+    images = rd.list_images(tiny_images)
+    first = peers.pillow_codec("jpeg", qualities=[20, 80])
+    rd.save_codec_results(first, rd.evaluate(first, images, progress=False), tmp_path)
+    before = rd.read_results(tmp_path / "jpeg.json")
+    again = peers.pillow_codec("jpeg", qualities=[50])
+    paths = rd.save_codec_results(again, rd.evaluate(again, images, progress=False), tmp_path, merge=True)
+    assert paths == [tmp_path / "jpeg.json", tmp_path / "compressai-protocol" / "jpeg.json"]
+    for path in paths:
+        data = rd.read_results(path)
+        assert data["points"] == before["points"] + ["q=50"] and len(data["results"]["bpp"]) == 3
+    assert rd.read_results(paths[0])["results"]["bpp"][:2] == before["results"]["bpp"]

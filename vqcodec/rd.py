@@ -238,12 +238,19 @@ def read_folder(folder: Path) -> list[dict]:
     return [read_results(p) for p in sorted(Path(folder).glob("*.json"))]
 
 
-def save_codec_results(codec: CodecUnderTest, measurements: Sequence[Measurement], out_dir: Path) -> list[Path]:
-    """Write `<name>.json` (file protocol) and `compressai-protocol/<name>.json` (payload)."""
-    return [
-        write_results(summarize(codec, measurements, "file"), out_dir / f"{codec.name}.json"),
-        write_results(summarize(codec, measurements, "payload"), out_dir / PAYLOAD_DIR / f"{codec.name}.json"),
-    ]
+def save_codec_results(codec: CodecUnderTest, measurements: Sequence[Measurement], out_dir: Path, *,
+                       merge: bool = False) -> list[Path]:
+    """Write `<name>.json` (file protocol) and `compressai-protocol/<name>.json` (payload).
+
+    merge: the measured points replace theirs in existing files (`merge_results`), others stay.
+    """
+    paths = []
+    for protocol, folder in (("file", out_dir), ("payload", out_dir / PAYLOAD_DIR)):
+        path, data = folder / f"{codec.name}.json", summarize(codec, measurements, protocol)
+        if merge and path.exists():
+            data = merge_results(read_results(path), data)
+        paths.append(write_results(data, path))
+    return paths
 
 
 def bench(
