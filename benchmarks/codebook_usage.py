@@ -1,6 +1,7 @@
 """Codebook usage of every bundled model on an image folder: fraction of codes used, perplexity.
 
     python benchmarks/codebook_usage.py [--data ../shared/data/kodak] [--out benchmarks/results/codebook_usage.json]
+    python benchmarks/codebook_usage.py -m vqc-5 -m vqc-6   # re-run these, keep the others' entries
 
 Usage is counted over the symbol maps of all images together, per level (bottom first), as
 `Codec.encode` chooses them by default (fast order, default encoder effort: what files hold).
@@ -9,7 +10,9 @@ Usage is counted over the symbol maps of all images together, per level (bottom 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +46,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=KODAK)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "codebook_usage.json")
+    parser.add_argument("-m", "--model", action="append", help="only these models; the file keeps the others")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = list_images(args.data)
     report = {"data": str(args.data.name), "images": len(images), "levels": "bottom first", "models": {}}
-    for name in list_models():
-        report["models"][name] = usage(Codec.load(name), images)
+    if args.model and args.out.exists():
+        kept = json.loads(args.out.read_text())
+        if (kept["data"], kept["images"]) != (report["data"], report["images"]):
+            parser.error(f"{args.out} counts other images ({kept['data']}, {kept['images']}); re-run every model")
+    elif args.out.exists():
+        args.out.unlink()  # a full run starts the file anew
+    for name in args.model or list_models():
+        stats = usage(Codec.load(name), images)
         print(name, ", ".join(f"level {i}: {s['in_use']:.1%} of {s['codebook_size']} codes, perplexity "
-                              f"{s['perplexity']:.0f}" for i, s in enumerate(report["models"][name])))
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+                              f"{s['perplexity']:.0f}" for i, s in enumerate(stats)))
+        save(args.out, report, name, stats)
+
+
+def save(out: Path, report: dict, name: str, stats: list[dict[str, float]]) -> None:
+    """Add one model's entry to the file, re-read under a lock so runs of other models can go side by side."""
+    folder_fd = os.open(out.parent, os.O_RDONLY)  # the lock is on the folder: no lock file is left behind
+    try:
+        fcntl.flock(folder_fd, fcntl.LOCK_EX)
+        current = json.loads(out.read_text()) if out.exists() else report
+        current["models"][name] = stats
+        out.write_text(json.dumps(current, indent=2) + "\n")
+    finally:
+        os.close(folder_fd)  # closing releases the lock
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main(model: str, data: Path, limit: int | None) -> None:
     """MODEL: a model file (vqvae.safetensors or model.safetensors) or a bundled model's name."""
     torch.set_num_threads(1)
     try:
-        _, model_file = resolve(model)
+        model_file = resolve(model).path
         images = list_images(data)[:limit]
     except (VQCodecError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None

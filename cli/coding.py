@@ -22,7 +22,7 @@ from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import open_image
-from vqcodec.models import DEFAULT, list_models, model_card, resolve_recorded
+from vqcodec.models import DEFAULT, RESAMPLED, list_models, model_card, resolve_recorded
 from vqcodec.rate_control import compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
@@ -130,7 +130,9 @@ def info_command(path: Path) -> None:
     arithmetic = "exact prior" if header.version >= 3 else "float32 prior: decodes where float32 sums match the writer's"
     click.echo(f"format:   version {header.version} ({arithmetic})")
     click.echo(f"model:    {header.model_name} (weights {header.weights_digest.hex()})")
-    click.echo(f"image:    {header.width}x{header.height} {header.mode}")
+    scaled = RESAMPLED.get(header.model_name)
+    coded = f", coded at x{scaled[1]:g} with {scaled[0]}'s networks" if scaled else ""
+    click.echo(f"image:    {header.width}x{header.height} {header.mode}{coded}")
     click.echo(f"order:    {header.order}")
     maps = ", ".join(f"{h}x{w}" for h, w in reversed(header.level_shapes))
     click.echo(f"levels:   {len(header.level_shapes)} (top to bottom: {maps})")

@@ -175,6 +175,8 @@ def test_cli_train_and_recipe_errors(images, tmp_path):
     assert load_model(tmp_path / "run" / "model.safetensors")[1].config.layers == 1
     result = CliRunner().invoke(train_command, [*args, "--config", "no-such-recipe"])
     assert result.exit_code == 2 and "no-such-recipe" in result.output
+    result = CliRunner().invoke(train_command, [*args, "--config", "vqc-5"])
+    assert result.exit_code == 2 and "runs vqc-4's networks" in result.output and "--config vqc-4" in result.output
     result = CliRunner().invoke(train_command, ["--out", str(tmp_path)])
     assert result.exit_code == 2 and "--data is required" in result.output
 

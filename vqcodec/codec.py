@@ -1,12 +1,12 @@
 """The codec: the one object that runs the whole flow in both directions.
 
 ```
-compress:    image ─► image.to_tensor ─► VQVAE2 encoder + rdo.optimize_symbols ─► symbol maps (bottom … top)
+compress:    image ─► image.to_tensor ─► resample (scaled members) ─► VQVAE2 encoder + rdo.optimize_symbols ─► symbol maps (bottom … top)
              for level top → bottom: prior stepper ─► logits ─► canonical probabilities ─► rANS chunk
              Header(model, digest, size, mode, order, map sizes, symbol CRC) + chunks ─► bitstream.pack ─► bytes
 
 decompress:  bytes ─► bitstream.unpack ─► for level top → bottom: stepper logits ─► rANS decode ─► symbols
-             symbol CRC check ─► VQVAE2.decode ─► crop ─► image in the original mode
+             symbol CRC check ─► VQVAE2.decode ─► crop ─► resample back ─► image in the original mode
 ```
 
 The encoder walks exactly the same decode schedule and calls the same `stepper.logits` as the
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import bitstream, entropy, exact, rdo
+from vqcodec import bitstream, entropy, exact, rdo, resample
 from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
-from vqcodec.errors import BitstreamError, ModelNotFoundError, VQCodecError
+from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
 from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
@@ -57,7 +57,14 @@ class Symbols(NamedTuple):
 class Codec:
     """Compress images to .vqc bytes and back with one trained VQ-VAE-2 + PixelCNN prior."""
 
-    def __init__(self, vqvae: VQVAE2, prior: SymbolPrior, *, name: str, digest: bytes, device: str = "cpu"):
+    def __init__(self, vqvae: VQVAE2, prior: SymbolPrior, *, name: str, digest: bytes, device: str = "cpu",
+                 scale: float = 1.0):
+        """scale: code images resampled by this factor (`vqcodec.resample`); files record only the
+        name, so a name must always come with the same scale (the bundled family's do)."""
+        try:
+            self.scale = resample.check_scale(scale)
+        except ValueError as err:
+            raise VQCodecError(str(err)) from None
         self.vqvae = vqvae.eval().to(device)
         self.prior = prior.eval().cpu()  # float: encoder-side rate estimates and optimization
         self.exact_prior = exact.exact_prior(self.prior)  # coding: the same probabilities everywhere
@@ -67,8 +74,8 @@ class Codec:
 
     @classmethod
     def load(cls, model: str | Path = "default", *, device: str = "cpu") -> Codec:
-        """Load a bundled model by name ("default", "vqc-1" … "vqc-4") or a .safetensors path."""
-        name, path = resolve(model)
+        """Load a bundled model by name ("default", "vqc-1" … "vqc-6") or a .safetensors path."""
+        name, path, scale = resolve(model)
         device = _checked_device(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise VQCodecError("CUDA was requested but no CUDA device is available")
@@ -80,7 +87,7 @@ class Codec:
             raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {err}") from None
         if prior is None:
             raise ModelNotFoundError(f"model {name!r} has no prior: train one with `vqcodec train-prior`")
-        return cls(vqvae, prior, name=name, digest=weights_digest(path), device=device)
+        return cls(vqvae, prior, name=name, digest=weights_digest(path), device=device, scale=scale)
 
     # ---- image <-> symbols -------------------------------------------------------------------
 
@@ -97,6 +104,7 @@ class Codec:
         if not isinstance(optimize, int) or isinstance(optimize, bool) or optimize < 0:
             raise VQCodecError(f"optimize must be a whole number of steps >= 0, got {optimize!r}")
         x, info = to_tensor(image)
+        x = self._to_coded_size(x, info)
         levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress)
         return Symbols([s.cpu().long() for s in levels], info)
 
@@ -118,7 +126,18 @@ class Codec:
     def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
         levels = [s.to(self.device) for s in symbols.levels]
         size = (symbols.info.height, symbols.info.width)
-        return self.vqvae.decode(levels, size=size).float().cpu()
+        coded = self.vqvae.decode(levels, size=self._coded_size(*size)).float().cpu()
+        return resample.resize(coded, size)
+
+    def _coded_size(self, height: int, width: int) -> tuple[int, int]:
+        return resample.coded_size(height, width, self.scale)
+
+    def _to_coded_size(self, x: torch.Tensor, info: ImageInfo) -> torch.Tensor:
+        height, width = self._coded_size(info.height, info.width)
+        if height * width > MAX_IMAGE_PIXELS or max(height, width) > bitstream.MAX_SIDE:
+            raise ImageError(f"{info.width}x{info.height} image is too large for model {self.name!r}, which codes "
+                             f"it at {width}x{height} (x{self.scale:g}); at most {MAX_IMAGE_PIXELS} pixels")
+        return resample.resize(x, (height, width))
 
     # ---- bytes ---------------------------------------------------------------------------------
 
@@ -257,16 +276,18 @@ class Codec:
 
     def _fits(self, shapes: Iterable[Sequence[int]], height: int, width: int) -> bool:
         """Whether symbol-map sizes (bottom first) are the ones this model gives a height x width image."""
-        return [tuple(s) for s in shapes] == [tuple(s) for s in self.vqvae.latent_sizes(height, width)]
+        expected = self.vqvae.latent_sizes(*self._coded_size(height, width))
+        return [tuple(s) for s in shapes] == [tuple(s) for s in expected]
 
     def _check_header(self, header: Header) -> None:
         if header.model_name != self.name:
             raise BitstreamError(f"file was made by model {header.model_name!r}, not {self.name!r}")
         if header.weights_digest != self.digest:
             raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch)")
-        if header.width * header.height > MAX_IMAGE_PIXELS:  # no encoder made it; a forged size costs minutes
+        coded_height, coded_width = self._coded_size(header.height, header.width)
+        if coded_height * coded_width > MAX_IMAGE_PIXELS:  # no encoder made it; a forged size costs minutes
             raise BitstreamError(f"file claims a {header.width}x{header.height} image, more than the "
-                                 f"{MAX_IMAGE_PIXELS} pixels vqcodec encodes")
+                                 f"{MAX_IMAGE_PIXELS} pixels vqcodec encodes with model {self.name!r}")
         if not self._fits(header.level_shapes, header.height, header.width):
             raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
         if header.order not in ORDERS:

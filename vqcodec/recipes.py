@@ -2,7 +2,8 @@
 
 The family spans rate by design rather than by training length: vqc-1/2 put the bottom level on a
 x8 grid (few symbols), vqc-3/4 on a x4 grid; the odd members use 256-symbol codebooks, the even ones
-1024 at the bottom. The step counts are what the shipped weights saw in total (a short CPU budget; the
+1024 at the bottom; vqc-5 and vqc-6 have no recipe, they run vqc-4 on the image resampled
+(`vqcodec.models.RESAMPLED`). The step counts are what the shipped weights saw in total (a short CPU budget; the
 model cards give the exact history, which resumed and fine-tuned runs); a GPU run should raise them.
 
 Stages: `vqcodec train --config NAME`, `... --refine`, `vqcodec train-prior --config NAME`, then (where
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vqcodec.models import RESAMPLED
 from vqcodec.vqvae import VQVAE2Config
 
 
@@ -112,6 +114,10 @@ RECIPES: dict[str, Recipe] = {
 
 def get(name: str) -> Recipe:
     """The recipe of a bundled model; ValueError naming the known ones otherwise."""
+    if name in RESAMPLED:  # no networks of its own to train
+        base, scale = RESAMPLED[name]
+        raise ValueError(f"{name} has no recipe: it runs {base}'s networks on the image resampled x{scale:g}; "
+                         f"train {base} (--config {base})")
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name]
