@@ -10,9 +10,7 @@ Usage is counted over the symbol maps of all images together, per level (bottom 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from vqcodec.models import list_models
 from vqcodec.rd import list_images
 
 from data_paths import KODAK
+from folder_lock import locked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,14 +65,10 @@ def main() -> None:
 
 def save(out: Path, report: dict, name: str, stats: list[dict[str, float]]) -> None:
     """Add one model's entry to the file, re-read under a lock so runs of other models can go side by side."""
-    folder_fd = os.open(out.parent, os.O_RDONLY)  # the lock is on the folder: no lock file is left behind
-    try:
-        fcntl.flock(folder_fd, fcntl.LOCK_EX)
+    with locked(out.parent):
         current = json.loads(out.read_text()) if out.exists() else report
         current["models"][name] = stats
         out.write_text(json.dumps(current, indent=2) + "\n")
-    finally:
-        os.close(folder_fd)  # closing releases the lock
 
 
 if __name__ == "__main__":

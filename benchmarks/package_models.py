@@ -31,7 +31,7 @@ from safetensors import safe_open
 
 from vqcodec import recipes
 from vqcodec.checkpoint import INT8_SCALE, load_model, save_model
-from vqcodec.models import BUNDLED, DEFAULT, RESAMPLED
+from vqcodec.models import BUNDLED, DEFAULT, RESAMPLED, trained_model
 from vqcodec.prior import PriorConfig
 from vqcodec.vqvae import GROWABLE_BLOCKS, VQVAE2
 
@@ -360,7 +360,7 @@ def one_order_note(runs: list[int], run_orders: list[list[str]]) -> str:
 
 def architecture_lines(name: str) -> list[str]:
     """The card's Architecture section: the configs and the storage, read from the shipped file."""
-    with safe_open(str(MODELS / BUNDLED[RESAMPLED[name][0] if name in RESAMPLED else name]), framework="pt") as f:
+    with safe_open(str(MODELS / BUNDLED[trained_model(name)]), framework="pt") as f:
         meta = f.metadata()
         int8_prior = any(k.startswith("prior.") and k.endswith(INT8_SCALE) for k in f.keys())
     storage = ("VQ-VAE weights stored in fp16; the prior's weight matrices and kernels in 8 bits with an fp16 "

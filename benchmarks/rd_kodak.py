@@ -17,8 +17,6 @@ at a time (vqcodec's models arrive later than the peers).
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from vqcodec import peers, plots, rd
 from vqcodec.errors import VQCodecError
 
 from data_paths import KODAK
+from folder_lock import locked
 
 ROOT = Path(__file__).parent
 OUT = ROOT / "results" / "kodak"
@@ -61,13 +60,8 @@ def run_codecs(specs: list[str], images: list[Path], out: Path, weights: Path,
 
 def merge_into(out: Path, codec: rd.CodecUnderTest, measurements: list[rd.Measurement]) -> list[str]:
     """Replace `codec`'s re-run points in out's JSON (both protocols), under a lock for side-by-side runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    folder_fd = os.open(out, os.O_RDONLY)  # the lock is on the folder itself: no lock file is left behind
-    try:
-        fcntl.flock(folder_fd, fcntl.LOCK_EX)
+    with locked(out):
         paths = rd.save_codec_results(codec, measurements, out, merge=True)
-    finally:
-        os.close(folder_fd)  # closing releases the lock
     return [f"{path}: points {[point.label for point in codec.points]} re-measured" for path in paths]
 
 

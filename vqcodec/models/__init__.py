@@ -44,6 +44,11 @@ def list_models() -> list[str]:
     return [name for name in [*BUNDLED, *RESAMPLED] if _bundled_file(name).is_file()]
 
 
+def trained_model(name: str) -> str:
+    """The trained member whose weights a bundled name runs: itself, or a resampled member's base."""
+    return RESAMPLED[name][0] if name in RESAMPLED else name
+
+
 def is_bundled(name: str) -> bool:
     """Whether `name` is a member of the bundled family (trained or resampled)."""
     return name in BUNDLED or name in RESAMPLED
@@ -100,7 +105,7 @@ def model_card(name: str) -> str:
 
 def _bundled_file(name: str) -> Path:
     """The weights file of a bundled name (a resampled member's is its trained model's)."""
-    return _package_file(BUNDLED[RESAMPLED[name][0] if name in RESAMPLED else name])
+    return _package_file(BUNDLED[trained_model(name)])
 
 
 def _package_file(filename: str) -> Path:
