@@ -119,12 +119,17 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
 @click.option("--order", "orders", type=click.Choice(ORDERS), multiple=True,
               help="Train only this decode order's networks (repeatable); the other order's stay as they are "
               "[default: both].")
+@click.option("--scale", "scales", type=click.FloatRange(1, 4), multiple=True,
+              help="Learn the symbols of images resampled by this factor, as a resampled member codes them "
+              "(repeatable: the steps take the scales in turn; validation reports each) [default: 1].")
 def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config: Path | None,
-                        orders: tuple[str, ...], **options: Any) -> None:
+                        orders: tuple[str, ...], scales: tuple[float, ...], **options: Any) -> None:
     """Train the prior (both decode orders, or --order) on a frozen VQ-VAE's symbols; writes model.safetensors."""
     fields = _recipe(recipe, "train_prior")
     if orders:
         fields["orders"] = list(dict.fromkeys(orders))
+    if scales:
+        fields["scales"] = list(dict.fromkeys(scales))
     if vqvae_path is not None:
         fields["vqvae"] = str(vqvae_path)
     if prior_config is not None:

@@ -511,3 +511,29 @@ def test_cli_training_input_errors_are_one_line(images, tmp_path):
                                                 "--vqvae-config", str(tmp_path / "vq.json")])
     assert result.exit_code != 0 and "notes.png is not a readable image" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_prior_training_on_resampled_images_takes_the_scales_in_turn_and_validates_each(images, tmp_path,
+                                                                                          tiny_model_path):
+    from vqcodec.cli.training import train_prior_command
+    from vqcodec.train import resampled_batch
+
+    x = torch.rand(2, 3, 32, 32)
+    assert resampled_batch(x, 1.0) is x and resampled_batch(x, 1.5).shape == (2, 3, 48, 48)
+    _, prior = tiny_model()
+    args = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "2", "--crop", "32",
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25",
+            "--val-every", "2", "--warmup-steps", "0", "--init-prior", str(tiny_model_path),
+            "--prior-config", _json(tmp_path, prior), "--out", str(tmp_path / "a"), "--scale", "1", "--scale", "1.5"]
+    result = CliRunner().invoke(train_prior_command, args)
+    assert result.exit_code == 0, result.output
+    val = records(tmp_path / "a" / "prior_log.jsonl", "val")[-1]
+    # x1.5 gives 2.25x the symbols of the same pictures, so more bits per original pixel.
+    assert val["val_bpp_fast_x1.5"] > 1.5 * val["val_bpp_fast"] > 0
+    assert len(val["val_bits_per_symbol_raster_x1.5"]) == 2
+    assert json.loads((tmp_path / "a" / "prior_train_config.json").read_text())["scales"] == [1.0, 1.5]
+
+    result = CliRunner().invoke(train_prior_command, [*args[:-1], "0.5"])
+    assert result.exit_code == 2 and "0.5" in result.output
+    with pytest.raises(ValueError, match="scales"):
+        PriorTrainConfig(data=str(images), out=str(tmp_path), vqvae=str(tiny_model_path), scales=(1.5, 1.5))

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from vqcodec.checkpoint import load_model, save_model
 from vqcodec.data import ImageFolder, train_val_datasets
 from vqcodec.metrics import MS_SSIM_MIN_SIDE
+from vqcodec import resample
 from vqcodec.prior import ORDERS, PriorConfig, SymbolPrior
 from vqcodec.runtime import (LoopSpec, MetricsLog, Runtime, autocast, load_training_state, make_scheduler,
                              optimizer_step, place_model, prepare_out, run_loop, save_training_state,
@@ -119,12 +120,18 @@ class PriorTrainConfig(RunSettings):
     # Decode orders whose networks train (the other order's stay as they are): each order has its
     # own networks, so fine-tuning only the one a model is used with gives it all the compute.
     orders: tuple[str, ...] = ORDERS
+    # Coding scales the symbols come from, one per step in turn (resample.py): the members that run
+    # this model on resampled images see smoother symbol maps than the model's own scale gives.
+    scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "orders", tuple(self.orders))  # a list from JSON becomes a tuple
         if not self.orders or len(set(self.orders)) != len(self.orders) or not set(self.orders) <= set(ORDERS):
             raise ValueError(f"orders must be distinct values among {ORDERS}, got {self.orders}")
+        object.__setattr__(self, "scales", tuple(resample.check_scale(s) for s in self.scales))
+        if not self.scales or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct numbers in [1, 4], got {self.scales}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -358,8 +365,14 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
                             num_workers=cfg.num_workers)
 
+    steps_taken = step
+
     def train_step() -> dict[str, Tensor]:
-        symbols = vqvae.encode(next(batches).to(rt.device, non_blocking=True))  # per level (B, h_l, w_l)
+        nonlocal steps_taken
+        scale = cfg.scales[steps_taken % len(cfg.scales)]  # a function of the step, so resuming keeps the cycle
+        steps_taken += 1
+        x = resampled_batch(next(batches).to(rt.device, non_blocking=True), scale)
+        symbols = vqvae.encode(x)  # per level (B, h_l, w_l)
         with autocast(rt, cfg.amp):
             nats = net(symbols).float()  # one per trained order
         loss = nats.sum()
@@ -376,7 +389,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
         if rt.is_main:
             save_model(out / "model.safetensors", vqvae, prior, metadata=_run_metadata("prior", at, cfg.steps))
 
-    validate = _validator(val_set, cfg, rt, lambda loader: evaluate_prior(vqvae, prior, loader, rt))
+    validate = _validator(val_set, cfg, rt, lambda loader: evaluate_prior(vqvae, prior, loader, rt, cfg.scales))
     spec = LoopSpec(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every, cfg.max_minutes,
                     cfg.batch_size * rt.world_size, show=tuple(f"bits_per_symbol_{o}" for o in cfg.orders),
                     validate_start=cfg.init_prior is not None)
@@ -441,23 +454,42 @@ def resolve_prior_config(vq: VQVAE2Config, given: PriorConfig | Mapping[str, Any
     return cfg
 
 
+def resampled_batch(x: Tensor, scale: float) -> Tensor:
+    """(B, C, H, W) images -> the same images resampled to their coded size at `scale`, as the codec does."""
+    if scale == 1:
+        return x
+    size = resample.coded_size(x.shape[2], x.shape[3], scale)
+    return torch.cat([resample.resize(image[None], size) for image in x])
+
+
 @torch.no_grad()
-def evaluate_prior(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runtime) -> dict[str, Any]:
-    """Per order: bits per symbol per level (bottom first) and the estimated bits per pixel."""
+def evaluate_prior(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runtime,
+                   scales: tuple[float, ...] = (1.0,)) -> dict[str, Any]:
+    """Per order and scale: bits per symbol per level (bottom first) and the estimated bits per pixel
+    of the original image. Keys of scales other than 1 end in "_x{scale}"."""
     was_training = prior.training
     prior.eval()
+    record: dict[str, Any] = {}
+    for scale in scales:
+        suffix = "" if scale == 1 else f"_x{scale:g}"
+        for key, value in _prior_bits(vqvae, prior, loader, rt, scale).items():
+            record[key + suffix] = value
+    prior.train(was_training)
+    return record
+
+
+def _prior_bits(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runtime, scale: float) -> dict[str, Any]:
     levels = vqvae.config.levels
     bits = {o: [0.0] * levels for o in ORDERS}
     symbols_per_level, pixels = [0] * levels, 0
     for x in loader:
-        symbols = vqvae.encode(x.to(rt.device))  # per level (B, h_l, w_l)
-        pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        symbols = vqvae.encode(resampled_batch(x.to(rt.device), scale))  # per level (B, h_l, w_l)
+        pixels += x.shape[0] * x.shape[2] * x.shape[3]  # the original's pixels: bpp as the codec counts it
         for level, s in enumerate(symbols):
             symbols_per_level[level] += s.numel()
         for order in ORDERS:
             for level, b in enumerate(prior.bits(symbols, order)):  # (B,) bits per image
                 bits[order][level] += float(b.sum())
-    prior.train(was_training)
     record: dict[str, Any] = {}
     for order in ORDERS:
         record[f"val_bits_per_symbol_{order}"] = [b / n for b, n in zip(bits[order], symbols_per_level)]
