@@ -13,6 +13,7 @@ training crops (in distribution, unlike Kodak), and on 65,536-pixel images Pillo
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -22,13 +23,15 @@ import click
 
 from data_paths import TRAIN
 from vqcodec.data import list_images, split_files
+from vqcodec.train import RunSettings
 
 HERE = Path(__file__).resolve().parent
 
 
-def link_heldout(folder: Path, val_fraction: float = 0.05, seed: int = 0) -> int:
-    """Symlink the held-out training files into `folder`; returns how many."""
-    _, held_out = split_files(list_images(TRAIN), val_fraction, seed=seed)
+def link_heldout(folder: Path) -> int:
+    """Symlink the training files a run with the default split holds out into `folder`; returns how many."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunSettings)}
+    _, held_out = split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["seed"])
     for path in held_out:
         (folder / path.name).symlink_to(path)
     return len(held_out)
