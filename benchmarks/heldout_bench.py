@@ -9,6 +9,10 @@ training crops (in distribution, unlike Kodak), and on 65,536-pixel images Pillo
 30-60 bytes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_bench.py        # ~45 min on one thread
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_bench.py -m vqc-1 -m vqc-2   # re-run two models
+
+With --model, only those models' points are measured again and replace theirs in the results
+(as `rd_kodak.py -m` does on Kodak); the peers and the other models stay as they were.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ import tempfile
 from pathlib import Path
 
 import click
+import torch
 
 from data_paths import TRAIN
+from rd_kodak import run_codecs
+from vqcodec import rd
 from vqcodec.data import list_images, split_files
 from vqcodec.train import RunSettings
 
@@ -41,14 +48,30 @@ def link_heldout(folder: Path) -> int:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=HERE / "results" / "heldout",
               show_default=True)
 @click.option("--codec", default="vqcodec,pillow", show_default=True, help="As for `vqcodec bench --codec`.")
-def main(out: Path, codec: str) -> None:
+@click.option("-m", "--model", "models", multiple=True,
+              help="Re-run only these vqcodec models (repeatable); their points replace theirs in the JSON.")
+def main(out: Path, codec: str, models: tuple[str, ...]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         count = link_heldout(Path(tmp))
         print(f"{count} held-out training photos -> {out}", flush=True)
+        if models:
+            raise SystemExit(rerun_models(Path(tmp), out, codec, models))
         command = [sys.executable, "-m", "vqcodec.cli", "bench", "--data", tmp, "--codec", codec,
                    "--out", str(out), "--threads", "1", "--no-progress"]
         raise SystemExit(subprocess.call(command))
 
+
+def rerun_models(data: Path, out: Path, codec: str, models: tuple[str, ...]) -> int:
+    """Measure `models` on the vqcodec curves named in `codec`, merge their points, rebuild the report."""
+    specs = [spec for spec in codec.split(",") if spec.strip().startswith("vqcodec")]
+    if not specs:
+        raise click.UsageError("--model re-runs vqcodec points: name a vqcodec curve in --codec")
+    torch.set_num_threads(1)
+    notes = run_codecs(specs, rd.list_images(data), out, HERE / "weights", models)
+    notes += rd.report(out, anchor="jpeg")
+    for note in notes:
+        click.echo(note)
+    return 0
 
 if __name__ == "__main__":
     main()
