@@ -73,5 +73,6 @@ def rerun_models(data: Path, out: Path, codec: str, models: tuple[str, ...]) -> 
         click.echo(note)
     return 0
 
+
 if __name__ == "__main__":
     main()
