@@ -55,15 +55,16 @@ def main(out: Path, codec: str, models: tuple[str, ...]) -> None:
         count = link_heldout(Path(tmp))
         print(f"{count} held-out training photos -> {out}", flush=True)
         if models:
-            raise SystemExit(rerun_models(Path(tmp), out, codec, models))
+            rerun_models(Path(tmp), out, codec, models)
+            return
         command = [sys.executable, "-m", "vqcodec.cli", "bench", "--data", tmp, "--codec", codec,
                    "--out", str(out), "--threads", "1", "--no-progress"]
         raise SystemExit(subprocess.call(command))
 
 
-def rerun_models(data: Path, out: Path, codec: str, models: tuple[str, ...]) -> int:
+def rerun_models(data: Path, out: Path, codec: str, models: tuple[str, ...]) -> None:
     """Measure `models` on the vqcodec curves named in `codec`, merge their points, rebuild the report."""
-    specs = [spec for spec in codec.split(",") if spec.strip().startswith("vqcodec")]
+    specs = [spec.strip() for spec in codec.split(",") if spec.strip().startswith("vqcodec")]
     if not specs:
         raise click.UsageError("--model re-runs vqcodec points: name a vqcodec curve in --codec")
     torch.set_num_threads(1)
@@ -71,7 +72,6 @@ def rerun_models(data: Path, out: Path, codec: str, models: tuple[str, ...]) -> 
     notes += rd.report(out, anchor="jpeg")
     for note in notes:
         click.echo(note)
-    return 0
 
 
 if __name__ == "__main__":

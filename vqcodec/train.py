@@ -366,12 +366,9 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     batches = train_batches(train_set, cfg.batch_size, rt, seed=cfg.seed, start_step=step,
                             num_workers=cfg.num_workers)
 
-    steps_taken = step
-
     def train_step() -> dict[str, Tensor]:
-        nonlocal steps_taken
-        scale = cfg.scales[steps_taken % len(cfg.scales)]  # a function of the step, so resuming keeps the cycle
-        steps_taken += 1
+        # The schedule counts every step taken and is restored on resume, so the cycle of scales is too.
+        scale = cfg.scales[scheduler.last_epoch % len(cfg.scales)]
         x = resampled_batch(next(batches).to(rt.device, non_blocking=True), scale)
         symbols = vqvae.encode(x)  # per level (B, h_l, w_l)
         with autocast(rt, cfg.amp):
