@@ -169,3 +169,27 @@ def test_an_int8_prior_is_stored_in_8_bits_and_loads_within_a_step_of_its_scale(
         load_model(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="int8"):
         save_model(tmp_path / "x.safetensors", vqvae, prior, int8=("decoder",))
+
+
+def test_a_model_with_an_8_bit_vqvae_codes_and_decodes_exactly(tmp_path, models):
+    """Both parts in 8 bits (benchmarks/weight_storage.py measures what that costs): the VQ-VAE's
+    weights and codebooks are stored as int8 rows, and the loaded model is an ordinary codec."""
+    from conftest import photo_like
+    from vqcodec.codec import Codec
+
+    vqvae, prior = models
+    path = tmp_path / "small.safetensors"
+    save_model(path, vqvae, prior, compact=True, int8=("vqvae", "prior"))
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    codebooks = [k for k in stored if k.startswith("vqvae.quantizers.") and k.endswith(".codebook")]
+    assert codebooks and all(stored[k].dtype == torch.int8 for k in codebooks)
+    assert not [k for k, v in stored.items() if v.dim() >= 2 and v.is_floating_point()
+                and not k.endswith(INT8_SCALE)]  # no weight matrix or kernel left in fp16/fp32
+    codec = Codec.load(path)
+    image = photo_like(40, 56, seed=7)
+    data = codec.compress(image, optimize=0)
+    assert torch.equal(torch.cat([s.flatten() for s in codec.decode_symbols(data).levels]),
+                       torch.cat([s.flatten() for s in codec.encode(image, optimize=0).levels]))
+    decoded = np.asarray(codec.decompress(data))
+    assert decoded.shape == image.shape
