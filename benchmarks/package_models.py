@@ -3,13 +3,14 @@
     python benchmarks/package_models.py --runs runs [--results benchmarks/results/kodak] [--keep-history]
     python benchmarks/package_models.py --measured-only   # every card's Kodak sections, from the results
     python benchmarks/package_models.py --requantize      # the shipped weights again, in today's storage
+    python benchmarks/package_models.py --requantize --int8-vqvae   # ... with the VQ-VAEs in 8 bits too
 
 For each vqc-N with runs/vqc-N/decoder/model.safetensors (the recipe's last stage) or else
-runs/vqc-N/prior/model.safetensors: the VQ-VAE is stored in fp16 and the prior's weight matrices
-and kernels in 8 bits with an fp16 scale per row (`checkpoint.quantize_rows`; the priors are 60 %
-of the weights, and 8 bits moved their rate by +0.24 % at most on training crops). The codec
-computes in float32, and the RD numbers in the card are measured on the stored weights after
-packaging.
+runs/vqc-N/prior/model.safetensors: the VQ-VAE is stored in fp16 (or in 8 bits, --int8-vqvae) and
+the prior's weight matrices and kernels in 8 bits with an fp16 scale per row
+(`checkpoint.quantize_rows`; the priors are 60 % of the weights, and 8 bits moved their rate by
++0.24 % at most on training crops). The codec computes in float32, and the RD numbers in the card
+are measured on the stored weights after packaging.
 vqcodec/models/vqc-N.md is written from the training logs and, when present, its points in the
 Kodak results (benchmarks/results/kodak/vqcodec-{fast,raster}.json).
 
@@ -60,15 +61,18 @@ def final_files(run: Path, keep_history: bool) -> tuple[Path, Path] | None:
     return found[0], found[-1]
 
 
-def package(name: str, vqvae_file: Path, prior_file: Path) -> Path:
+def package(name: str, vqvae_file: Path, prior_file: Path, int8_vqvae: bool = False) -> Path:
+    """Store a model in the package: the VQ-VAE in fp16 (or 8 bits with int8_vqvae), the prior in 8 bits."""
     vqvae, prior, meta = load_model(vqvae_file)
     if prior_file != vqvae_file:
         prior_vqvae, prior, _ = load_model(prior_file)
         check_same_symbols(vqvae, prior_vqvae, vqvae_file, prior_file)
-    vqvae.half()  # the prior stays float32 here: save_model quantizes it to 8 bits from full precision
+    if not int8_vqvae:
+        vqvae.half()  # 8-bit parts stay float32 here: save_model quantizes them from full precision
     target = MODELS / BUNDLED[name]
     keep = {k: v for k, v in meta.items() if k not in ("format", "vqvae_config", "prior_config")}
-    save_model(target, vqvae, prior, metadata={**keep, "name": name}, compact=True, int8=("prior",))
+    int8 = ("vqvae", "prior") if int8_vqvae else ("prior",)
+    save_model(target, vqvae, prior, metadata={**keep, "name": name}, compact=True, int8=int8)
     return target
 
 
@@ -362,10 +366,15 @@ def architecture_lines(name: str) -> list[str]:
     """The card's Architecture section: the configs and the storage, read from the shipped file."""
     with safe_open(str(MODELS / BUNDLED[trained_model(name)]), framework="pt") as f:
         meta = f.metadata()
-        int8_prior = any(k.startswith("prior.") and k.endswith(INT8_SCALE) for k in f.keys())
-    storage = ("VQ-VAE weights stored in fp16; the prior's weight matrices and kernels in 8 bits with an fp16 "
-               "scale per row, its biases in fp16; all computed in float32." if int8_prior
-               else "Weights stored in fp16, computed in float32.")
+        int8_parts = {k.split(".", 1)[0] for k in f.keys() if k.endswith(INT8_SCALE)}
+    if int8_parts == {"vqvae", "prior"}:
+        storage = ("Weight matrices, kernels and codebooks of both the VQ-VAE and the prior stored in 8 bits with "
+                   "an fp16 scale per row, biases in fp16; all computed in float32.")
+    elif int8_parts == {"prior"}:
+        storage = ("VQ-VAE weights stored in fp16; the prior's weight matrices and kernels in 8 bits with an fp16 "
+                   "scale per row, its biases in fp16; all computed in float32.")
+    else:
+        storage = "Weights stored in fp16, computed in float32."
     return [
         f"- VQ-VAE-2 config: `{meta['vqvae_config']}`",
         f"- Prior config (PixelCNN raster order + grouped fast order): `{meta['prior_config']}`",
@@ -486,11 +495,14 @@ def main() -> None:
     parser.add_argument("--requantize", action="store_true",
                         help="store every shipped model again as packaging stores it now (no runs needed); "
                              "the cards' Architecture sections follow")
+    parser.add_argument("--int8-vqvae", action="store_true",
+                        help="store the VQ-VAEs in 8 bits too (~4 MB less for the family; "
+                             "benchmarks/weight_storage.py measures the cost); re-measure after")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.requantize:
         for name in BUNDLED:
-            target = package(name, MODELS / BUNDLED[name], MODELS / BUNDLED[name])
+            target = package(name, MODELS / BUNDLED[name], MODELS / BUNDLED[name], args.int8_vqvae)
             print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB)")
     if args.measured_only or args.requantize:
         for name in BUNDLED:
@@ -505,7 +517,7 @@ def main() -> None:
             print(f"{name}: no trained model under {run}, skipped")
             continue
         if not args.cards_only:
-            target = package(name, *files)
+            target = package(name, *files, int8_vqvae=args.int8_vqvae)
             print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB) from {', '.join(map(str, set(files)))}")
         write = card_with_history if args.keep_history else card
         (MODELS / f"{name}.md").write_text(write(name, run, args.results))
