@@ -130,12 +130,17 @@ def test_a_compact_file_leaves_out_embed_sum_and_loading_rebuilds_it(tmp_path):
     save_model(compact, vqvae, prior, compact=True)
     with safe_open(str(compact), framework="pt") as f:
         assert not [k for k in f.keys() if k.endswith("embed_sum")]
+        assert f.get_tensor("vqvae.quantizers.0.last_used").dtype == torch.int32  # counters in 32 bits
     assert compact.stat().st_size < full.stat().st_size
     loaded, _, _ = load_model(compact)
     for original, rebuilt in zip(vqvae.quantizers, loaded.quantizers):
         assert not torch.allclose(original.cluster_size, torch.ones_like(original.cluster_size))
         assert torch.equal(original.codebook, rebuilt.codebook)
         torch.testing.assert_close(rebuilt.embed_sum, original.embed_sum, rtol=1e-5, atol=1e-6)
+        for name in ("last_used", "seeded_at", "step"):  # back in their int64 buffers, unchanged
+            kept = getattr(rebuilt, name)
+            assert kept.dtype == torch.int64 and torch.equal(kept, getattr(original, name))
+    assert int(vqvae.quantizers[0].last_used.max()) > 0  # the counters compared above are not all zero
 
 
 def test_an_int8_prior_is_stored_in_8_bits_and_loads_within_a_step_of_its_scale(tmp_path, models):

@@ -79,7 +79,8 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         prior: the prior (possibly wrapped), or None for a VQ-VAE-only file.
         metadata: extra string metadata (model card fields, training info).
         compact: leave out what `load_model` rebuilds (the EMA quantizers' embed_sum, as large as
-            the codebooks), as the bundled models do; training resumes from such a file all the same.
+            the codebooks) and store int64 counters (the quantizers' per-code step marks) in 32 bits,
+            as the bundled models do; training resumes from such a file all the same.
         int8: parts ("vqvae", "prior") whose weight matrices and kernels are stored in 8 bits with a
             scale per output row (`quantize_rows`), quantized from the weights as given, and whose
             other floats (biases) are stored in fp16; the bundled models store their priors so.
@@ -104,6 +105,10 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
         meta["prior_config"] = json.dumps(unwrap(prior).config.to_dict())
         tensors.update({f"prior.{k}": v.detach().to("cpu", copy=True).contiguous()
                         for k, v in clean_state_dict(prior).items()})
+    if compact:
+        for key, value in tensors.items():
+            if value.dtype == torch.int64 and value.numel() and int(value.abs().max()) < 2**31:
+                tensors[key] = value.int()  # loading copies it back into the int64 buffer
     for key in [k for k in tensors if k.split(".", 1)[0] in int8]:
         if tensors[key].is_floating_point() and tensors[key].dim() >= 2:
             tensors[key], tensors[key + INT8_SCALE] = quantize_rows(tensors[key])
