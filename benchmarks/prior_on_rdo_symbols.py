@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from data_paths import TRAIN
 from vqcodec import rdo
 from vqcodec.codec import Codec
 from vqcodec.data import list_images, split_files
-from vqcodec.image import open_image, to_tensor
+from vqcodec.image import open_image, to_pil, to_tensor
+from vqcodec.metrics import psnr
 from vqcodec.prior import SymbolPrior
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +73,14 @@ def encoded_point(codec: Codec, prior: SymbolPrior, files: list[Path]) -> dict[s
     """bpp and mean PSNR of the default encoder driven by `prior` on `files`."""
     bits, psnr_sum, pixels = 0.0, 0.0, 0
     for path in files:
-        x, _ = to_tensor(open_image(path).convert("RGB"))
+        image = open_image(path).convert("RGB")
+        x, info = to_tensor(image)
         symbols = rdo.optimize_symbols(codec.vqvae, prior, x, ORDER, rdo.DEFAULT_STEPS)
         with torch.no_grad():
             bits += float(sum(b.sum() for b in prior.bits(symbols, ORDER)))
-            decoded = codec.vqvae.decode(symbols, size=tuple(x.shape[-2:])).clamp(0, 1).mul(255).round() / 255
-        psnr_sum += -10 * math.log10(float(((decoded - x) ** 2).mean()))
-        pixels += x.shape[-2] * x.shape[-1]
+            decoded = codec.vqvae.decode(symbols, size=(info.height, info.width))
+        psnr_sum += psnr(image, to_pil(decoded, info))
+        pixels += info.width * info.height
     return {"bpp": bits / pixels, "psnr_db": psnr_sum / len(files)}
 
 

@@ -47,7 +47,7 @@ def with_8bit_vqvae(name: str, folder: Path) -> Path:
 def nearest_code_point(codec: Codec, image: Image.Image) -> tuple[list[torch.Tensor], float, float]:
     """(symbols, PSNR in dB, estimated fast-order bits) of the nearest codes of one image."""
     symbols = codec.encode(image, optimize=0)
-    return symbols.levels, psnr(image, codec.decode(symbols)), codec.estimate_bits(image, optimize=0)
+    return symbols.levels, psnr(image, codec.decode(symbols)), codec.symbol_bits(symbols)
 
 
 def compare(name: str, images: list[Path], folder: Path) -> dict:

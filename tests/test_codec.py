@@ -274,8 +274,13 @@ def test_rate_estimates_of_large_maps_run_in_bands_and_stay_close(codec, monkeyp
         assert codec.prior.bits_in_bands(symbols, order, band_rows=16, context_rows=4) == pytest.approx(whole, rel=1e-6)
         banded = codec.prior.bits_in_bands(symbols, order, band_rows=4, context_rows=2)  # the 16 top rows in 4 bands
         assert banded != whole and banded == pytest.approx(whole, rel=0.03), order
+    encoded = codec.encode(image, optimize=0)
+    assert codec.symbol_bits(encoded, order="raster") == pytest.approx(whole, rel=1e-6)  # the raster one above
     monkeypatch.setattr(codec_module, "ESTIMATE_IN_BANDS_ABOVE", 100)
     assert codec.estimate_bits(image, optimize=0) == pytest.approx(codec.prior.bits_in_bands(symbols, "fast"))
+    assert codec.symbol_bits(encoded) == codec.estimate_bits(image, optimize=0)
+    with pytest.raises(VQCodecError, match="order"):
+        codec.symbol_bits(encoded, order="sideways")  # type: ignore[arg-type]
 
 
 def test_a_forged_image_size_beyond_what_encoders_make_is_refused_before_decoding(codec, monkeypatch):

@@ -214,14 +214,18 @@ class Codec:
         around the coded symbols: then the estimate is the file's size up to the coder's few bytes.
         """
         symbols = self.encode(image, order=order, optimize=optimize)
-        with torch.no_grad():
-            if symbols.levels[0].numel() > ESTIMATE_IN_BANDS_ABOVE:
-                bits = self.prior.bits_in_bands(symbols.levels, order)
-            else:
-                bits = float(sum(b.sum() for b in self.prior.bits(symbols.levels, order)))
+        bits = self.symbol_bits(symbols, order=order)
         if container:
             bits += 8 * len(bitstream.pack(self._header(symbols, order), [b""] * len(symbols.levels)))
         return bits
+
+    @torch.no_grad()
+    def symbol_bits(self, symbols: Symbols, *, order: Order = "fast") -> float:
+        """Cross-entropy of given symbol maps under the prior, in bits: what coding them would take."""
+        _check_order(order)
+        if symbols.levels[0].numel() > ESTIMATE_IN_BANDS_ABOVE:
+            return self.prior.bits_in_bands(symbols.levels, order)
+        return float(sum(b.sum() for b in self.prior.bits(symbols.levels, order)))
 
     # ---- one level of entropy coding -------------------------------------------------------------
 
