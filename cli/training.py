@@ -122,8 +122,19 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
 @click.option("--scale", "scales", type=click.FloatRange(1, 4), multiple=True,
               help="Learn the symbols of images resampled by this factor, as a resampled member codes them "
               "(repeatable: the steps take the scales in turn; validation reports each) [default: 1].")
+@click.option("--symbols", type=click.Choice(["nearest", "rdo"]), default=None,
+              help="Learn nearest codes of fresh crops, or the symbols the default encoder writes (rate-distortion "
+              "optimised with the --init-prior for the one --order, on --rdo-images training images once, kept in "
+              "--out) [default: nearest].")
+@click.option("--rdo-images", type=click.IntRange(min=1), default=None,
+              help=f"Training images whose symbols --symbols rdo optimises [default: "
+              f"{_default(PriorTrainConfig, 'rdo_images')}].")
+@click.option("--rdo-steps", type=click.IntRange(min=1), default=None,
+              help=f"Optimisation steps per image, as the default encoder takes them [default: "
+              f"{_default(PriorTrainConfig, 'rdo_steps')}].")
 def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config: Path | None,
-                        orders: tuple[str, ...], scales: tuple[float, ...], **options: Any) -> None:
+                        orders: tuple[str, ...], scales: tuple[float, ...], symbols: str | None,
+                        rdo_images: int | None, rdo_steps: int | None, **options: Any) -> None:
     """Train the prior (both decode orders, or --order) on a frozen VQ-VAE's symbols; writes model.safetensors."""
     fields = _recipe(recipe, "train_prior")
     if orders:
@@ -132,6 +143,8 @@ def train_prior_command(recipe: str | None, vqvae_path: str | None, prior_config
         fields["scales"] = list(dict.fromkeys(scales))
     if vqvae_path is not None:
         fields["vqvae"] = str(vqvae_path)
+    fields.update({k: v for k, v in {"symbols": symbols, "rdo_images": rdo_images, "rdo_steps": rdo_steps}.items()
+                   if v is not None})
     if prior_config is not None:
         fields["prior"] = {**dict(fields.get("prior") or {}), **_read_json(prior_config)}
     fields.update(_given(options))

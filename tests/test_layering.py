@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vqcodec"
 FLOW = ["errors", "files", "image", "quantize", "vqvae", "prior", "context", "entropy", "bitstream", "checkpoint", "rdo", "resample", "codec", "rate_control"]
-BESIDE = {"data", "metrics", "train", "runtime", "rd", "peers", "bdrate", "plots", "cli", "recipes"}
+BESIDE = {"data", "metrics", "train", "symbol_sets", "runtime", "rd", "peers", "bdrate", "plots", "cli", "recipes"}
 
 
 def imported_names(path: Path) -> Iterator[str]:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import photo_like, tiny_model
 from vqcodec.checkpoint import load_model, load_state, save_model
+from vqcodec.data import list_images, split_files
 from vqcodec.runtime import lr_factor
 from vqcodec.train import (PriorTrainConfig, TrainConfig, resolve_prior_config, structural_similarity,
                            train_config_from_dict, train_prior, train_vqvae)
@@ -537,3 +538,29 @@ def test_prior_training_on_resampled_images_takes_the_scales_in_turn_and_validat
     assert result.exit_code == 2 and "0.5" in result.output
     with pytest.raises(ValueError, match="scales"):
         PriorTrainConfig(data=str(images), out=str(tmp_path), vqvae=str(tiny_model_path), scales=(1.5, 1.5))
+
+
+def test_prior_training_on_the_encoders_own_symbols_learns_them(images, tmp_path, tiny_model_path):
+    from vqcodec.cli.training import train_prior_command
+
+    _, prior = tiny_model()
+    args = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "8", "--crop", "16",
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25", "--lr", "1e-2",
+            "--warmup-steps", "0", "--prior-config", _json(tmp_path, prior), "--order", "fast", "--symbols", "rdo",
+            "--rdo-images", "5", "--rdo-steps", "3", "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(train_prior_command, [*args, "--init-prior", str(tiny_model_path)])
+    assert result.exit_code == 0, result.output
+    stored = torch.load(tmp_path / "a" / "rdo_symbols.pt", weights_only=True)
+    assert len(stored["maps"]) == 5 and stored["recipe"]["steps"] == 3 and stored["recipe"]["order"] == "fast"
+    held_out = split_files(list_images(images), 0.25, seed=0)[1]
+    assert held_out and not {p.name for p in held_out} & set(stored["recipe"]["files"])  # training images only
+    tuned = load_model(tmp_path / "a" / "model.safetensors")[1]
+    symbols = [torch.stack([m[level].long() for m in stored["maps"]]) for level in range(2)]
+    with torch.no_grad():
+        bits = [float(sum(b.sum() for b in p.bits(symbols, "fast"))) for p in (prior, tuned)]
+    assert bits[1] < bits[0]  # it learned the set
+    assert json.loads((tmp_path / "a" / "prior_train_config.json").read_text())["symbols"] == "rdo"
+
+    for extra in [[], ["--init-prior", str(tiny_model_path), "--order", "raster"]]:
+        result = CliRunner().invoke(train_prior_command, [*args, *extra, "--out", str(tmp_path / "b")])
+        assert result.exit_code == 2 and "init_prior" in result.output and "one trained order" in result.output

@@ -20,6 +20,7 @@ Outputs in `out`:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -33,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from vqcodec import resample
+from vqcodec import rdo, resample, symbol_sets
 from vqcodec.checkpoint import load_model, save_model
 from vqcodec.data import ImageFolder, train_val_datasets
 from vqcodec.metrics import MS_SSIM_MIN_SIDE
@@ -124,6 +126,12 @@ class PriorTrainConfig(RunSettings):
     # resampled members (vqc-5/6 run vqc-4 at x1.25/x1.5) should weigh in; validation reports each.
     # Measured on vqc-4's fast order: 595 CPU steps gained only 0.3 % at x1.25/x1.5, so not shipped.
     scales: tuple[float, ...] = (1.0,)
+    # "nearest": nearest codes of fresh random crops. "rdo": the symbols the default encoder writes,
+    # optimised with the starting prior (init_prior) for the one trained order, on rdo_images training
+    # images once (symbol_sets.py; the set is kept in out/ and resumes), then random crops of them.
+    symbols: str = "nearest"
+    rdo_images: int = 600
+    rdo_steps: int = rdo.DEFAULT_STEPS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +141,13 @@ class PriorTrainConfig(RunSettings):
         object.__setattr__(self, "scales", tuple(resample.check_scale(s) for s in self.scales))
         if not self.scales or len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct numbers in [1, 4], got {self.scales}")
+        if self.symbols not in ("nearest", "rdo"):
+            raise ValueError(f"symbols must be 'nearest' or 'rdo', got {self.symbols!r}")
+        if self.symbols == "rdo" and (self.init_prior is None or len(self.orders) != 1):
+            raise ValueError("symbols 'rdo' needs init_prior (the prior the encoder optimises with) and one "
+                             "trained order (the order whose code lengths count)")
+        if self.rdo_images < 1 or self.rdo_steps < 1:
+            raise ValueError(f"rdo_images and rdo_steps must be >= 1, got {self.rdo_images}, {self.rdo_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -210,6 +225,16 @@ def symbols_digest(vqvae: VQVAE2) -> str:
     sha = hashlib.sha256()
     for name, tensor in sorted(vqvae.state_dict(keep_vars=True).items()):
         if id(tensor) not in decoder_side:
+            sha.update(name.encode())
+            sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def weights_digest(*modules: nn.Module) -> str:
+    """SHA-256 of every weight and buffer of `modules`, in order."""
+    sha = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
             sha.update(name.encode())
             sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()
@@ -355,6 +380,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
                                             val_fraction=cfg.val_fraction, seed=cfg.seed)
     prior = place_model(_initial_prior(prior_cfg, cfg.init_prior, cfg.orders), rt)
+    symbol_set = _rdo_symbol_set(cfg, vqvae, prior, train_set.files, out, rt) if cfg.symbols == "rdo" else None
     for order in ORDERS:  # an untrained order's networks stay frozen (and out of DDP's gradient sync)
         prior.networks(order).requires_grad_(order in cfg.orders)
     optimizer = torch.optim.Adam([p for p in prior.parameters() if p.requires_grad], lr=cfg.lr)
@@ -368,9 +394,12 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
 
     def train_step() -> dict[str, Tensor]:
         # The schedule counts every step taken and is restored on resume, so the cycle of scales is too.
-        scale = cfg.scales[scheduler.last_epoch % len(cfg.scales)]
-        x = resampled_batch(next(batches).to(rt.device, non_blocking=True), scale)
-        symbols = vqvae.encode(x)  # per level (B, h_l, w_l)
+        if symbol_set is not None:
+            symbols = _symbol_set_batch(symbol_set, cfg, vqvae, rt, scheduler.last_epoch)
+        else:
+            scale = cfg.scales[scheduler.last_epoch % len(cfg.scales)]
+            x = resampled_batch(next(batches).to(rt.device, non_blocking=True), scale)
+            symbols = vqvae.encode(x)  # per level (B, h_l, w_l)
         with autocast(rt, cfg.amp):
             nats = net(symbols).float()  # one per trained order
         loss = nats.sum()
@@ -394,6 +423,40 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     run_loop(rt, spec, step, train_step=train_step, summarize=summarize, validate=validate,
              checkpoint=checkpoint, log=MetricsLog(out / "prior_log.jsonl", rt.is_main))
     return out / "model.safetensors"
+
+
+def _rdo_symbol_set(cfg: PriorTrainConfig, vqvae: VQVAE2, prior: SymbolPrior, files: list[Path], out: Path,
+                    rt: Runtime) -> list[list[Tensor]]:
+    """The optimised symbols of cfg.rdo_images training images (a seeded choice), built by the main rank.
+
+    Built before any resumed state is loaded, so the symbols always come from the starting prior.
+    """
+    chosen = sorted(files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed))
+                    [:cfg.rdo_images].tolist())
+    path = out / "rdo_symbols.pt"
+    coder = copy.deepcopy(prior).cpu().eval()  # code lengths are computed on the CPU (rdo.CodeLengths)
+
+    def build(progress: Any = None) -> list[list[Tensor]]:
+        return symbol_sets.build(path, vqvae, coder, chosen, cfg.orders[0], cfg.rdo_steps, cfg.scales,
+                                 source=weights_digest(vqvae, coder), progress=progress)
+
+    if rt.is_main:
+        bar = tqdm(total=len(chosen), desc="optimising symbols", dynamic_ncols=True)
+        build(lambda done, total: bar.update(done - bar.n))
+        bar.close()
+    if rt.distributed:
+        torch.distributed.barrier()
+    return build()
+
+
+def _symbol_set_batch(symbol_set: list[list[Tensor]], cfg: PriorTrainConfig, vqvae: VQVAE2, rt: Runtime,
+                      step: int) -> list[Tensor]:
+    """A batch of random crops of the symbol set; the draw depends on (seed, step, rank) only, so
+    resuming repeats it."""
+    generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1024 + rt.rank)
+    side = cfg.crop // vqvae.config.downsample[0]
+    crops = symbol_sets.random_crops(symbol_set, side, vqvae.level_ratios(), cfg.batch_size, generator)
+    return [c.to(rt.device) for c in crops]
 
 
 def _initial_prior(cfg: PriorConfig, init_from: str | None, orders: tuple[str, ...]) -> SymbolPrior:
