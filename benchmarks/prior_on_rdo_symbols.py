@@ -15,7 +15,9 @@ what closing that gap once is worth, on one model's fast order:
 3. Each prior then drives the default encoder on the 65 held-out crops: bits (teacher-forced code
    lengths, what the coder writes up to a few bytes) and PSNR of what it encodes.
 
-Writes benchmarks/results/prior_on_rdo_symbols.json.
+Writes benchmarks/results/prior_on_rdo_symbols.json. The training stage this led to is
+`vqcodec train-prior --symbols rdo` (vqcodec/symbol_sets.py), which also crops the optimised maps
+at random; benchmarks/README.md has its runs.
 """
 
 from __future__ import annotations

@@ -82,6 +82,20 @@ def test_weights_digest_identifies_the_file(tmp_path, models):
     assert weights_digest(a) == weights_digest(a) != weights_digest(b)
 
 
+def test_the_same_weights_always_give_the_same_file(tmp_path, models):
+    # safetensors writes metadata in hash-map order, which varies from call to call; the digest
+    # in every .vqc file must not depend on it.
+    metadata = {f"key{i}": str(i) for i in range(12)}
+    files = [tmp_path / f"{i}.safetensors" for i in range(6)]
+    for path in files:
+        save_model(path, *models, metadata=metadata)
+    assert len({path.read_bytes() for path in files}) == 1
+    vqvae, prior, meta = load_model(files[0])
+    assert {k: meta[k] for k in metadata} == metadata and prior is not None
+    with safe_open(files[0], "pt") as f:
+        assert f.metadata()["key3"] == "3"
+
+
 def test_state_round_trip_with_weights_only_and_rng(tmp_path, models):
     vqvae, _ = models
     optimizer = torch.optim.Adam(vqvae.parameters(), lr=1e-3)

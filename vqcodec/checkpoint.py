@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from vqcodec.errors import ModelNotFoundError
@@ -114,7 +114,20 @@ def save_model(path: str | Path, vqvae: VQVAE2, prior: SymbolPrior | None, *,
             tensors[key], tensors[key + INT8_SCALE] = quantize_rows(tensors[key])
         elif tensors[key].is_floating_point():
             tensors[key] = tensors[key].half()
-    write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_atomically(Path(path), lambda tmp: tmp.write_bytes(_canonical(save(tensors, metadata=meta))))
+
+
+def _canonical(data: bytes) -> bytes:
+    """safetensors bytes with the header's keys sorted, so the same weights always give the same file.
+
+    safetensors writes the metadata in hash-map order, which changes from one call to the next;
+    the file's SHA-256 names the weights in every .vqc file, so packaging a model twice must not
+    change it. The tensor data is left as it is (its offsets are relative to the end of the header).
+    """
+    size = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8:8 + size]), separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"

@@ -287,7 +287,9 @@ class Codec:
         if header.model_name != self.name:
             raise BitstreamError(f"file was made by model {header.model_name!r}, not {self.name!r}")
         if header.weights_digest != self.digest:
-            raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch)")
+            raise BitstreamError(f"file was made by different weights of model {self.name!r} (digest mismatch; a "
+                                 f"bundled model's weights change between vqcodec versions: decode it with the "
+                                 f"version that made it)")
         coded_height, coded_width = self._coded_size(header.height, header.width)
         if coded_height * coded_width > MAX_IMAGE_PIXELS:  # no encoder made it; a forged size costs minutes
             raise BitstreamError(f"file claims a {header.width}x{header.height} image, more than the "

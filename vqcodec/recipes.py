@@ -17,7 +17,10 @@ The shipped priors were also fine-tuned again on the same symbols after the deco
 change); where a fine-tuning trained one decode order only (`--order`), it counts the steps of the
 order that saw the most, since a rebuild trains both orders together.
 The fast orders of vqc-3 and vqc-4 were rebuilt with more groups and depth, then width, on the way,
-and vqc-1's and vqc-2's with more depth and width (warm-started, see their cards).
+and vqc-1's and vqc-2's with more depth and width (warm-started, see their cards). The fast orders
+of vqc-1 and vqc-3 last learned the symbols the default encoder writes (`train-prior --order fast
+--symbols rdo --init-prior`, 600 of their prior_steps), a stage after the rebuild: it needs a
+trained prior to optimise the symbols with.
 """
 
 from __future__ import annotations
@@ -103,11 +106,11 @@ _REFINE_X4 = Refine(steps=4200, crop=128, batch_size=16)
 RECIPES: dict[str, Recipe] = {
     # Prior crops give every member 32x32 bottom and 16x16 top maps per crop: smaller maps are all
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
-    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR_X8, vqvae_steps=3000, prior_steps=12650, prior_crop=256,
+    "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR_X8, vqvae_steps=3000, prior_steps=13250, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
     "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR_X8, vqvae_steps=3000, prior_steps=10800, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
-    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=38450, prior_crop=128,
+    "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=39050, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=23800, refine_blocks=16)),
     "vqc-4": Recipe(_vqvae((4, 2), (1024, 512)), _PRIOR_X4,
                     vqvae_steps=2000, prior_steps=39876, prior_crop=128,
