@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import photo_like, tiny_model
-from vqcodec import rdo, symbol_sets
+from vqcodec import rdo, resample, symbol_sets
 from vqcodec.image import to_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +29,7 @@ def test_a_set_holds_what_the_encoder_writes_and_resumes_where_it_stopped(photos
     for i, path in enumerate(photos):
         x, _ = to_tensor(path)
         if i % 2:  # the scales are taken in turn
-            x = symbol_sets._resampled(x, 1.5)
+            x = resample.to_coded_size(x, 1.5)
         expected.append(rdo.optimize_symbols(vqvae, prior, x, "fast", 3))
     assert any(not torch.equal(a, b) for a, b in zip(expected[0], vqvae.encode(to_tensor(photos[0])[0])))
 

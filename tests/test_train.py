@@ -517,10 +517,10 @@ def test_cli_training_input_errors_are_one_line(images, tmp_path):
 def test_prior_training_on_resampled_images_takes_the_scales_in_turn_and_validates_each(images, tmp_path,
                                                                                           tiny_model_path):
     from vqcodec.cli.training import train_prior_command
-    from vqcodec.train import resampled_batch
+    from vqcodec.resample import to_coded_size
 
     x = torch.rand(2, 3, 32, 32)
-    assert resampled_batch(x, 1.0) is x and resampled_batch(x, 1.5).shape == (2, 3, 48, 48)
+    assert to_coded_size(x, 1.0) is x and to_coded_size(x, 1.5).shape == (2, 3, 48, 48)
     _, prior = tiny_model()
     args = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "2", "--crop", "32",
             "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25",

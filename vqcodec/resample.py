@@ -37,6 +37,14 @@ def check_scale(scale: object) -> float:
     return float(scale)
 
 
+def to_coded_size(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, C, H, W) images -> each resampled to its coded size at `scale`, as the codec codes it."""
+    if scale == 1:
+        return x
+    size = coded_size(x.shape[2], x.shape[3], scale)
+    return torch.cat([resize(image[None], size) for image in x])
+
+
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(1, C, H, W) float image -> (1, C, *size) by Lanczos, in float32 (no rounding, no clamping)."""
     if tuple(x.shape[-2:]) == tuple(size):

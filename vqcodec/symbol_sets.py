@@ -54,7 +54,7 @@ def build(path: Path, vqvae: VQVAE2, prior: SymbolPrior, files: Sequence[Path], 
     device = next(vqvae.parameters()).device
     for i in range(len(maps), len(files)):
         x, _ = to_tensor(open_image(files[i]).convert("RGB"))
-        x = _resampled(x, scales[i % len(scales)]).to(device)
+        x = resample.to_coded_size(x, scales[i % len(scales)]).to(device)
         maps.append([s[0].to(torch.int16).cpu() for s in rdo.optimize_symbols(vqvae, prior, x, order, steps)])
         if (i + 1) % SAVE_EVERY == 0 or i + 1 == len(files):
             write_atomically(path, lambda tmp: torch.save({"recipe": recipe, "maps": maps}, tmp))
@@ -87,10 +87,3 @@ def random_crops(maps: Sequence[Sequence[Tensor]], side: int, ratios: Sequence[i
         for level, ratio in enumerate(ratios):
             crops[level].append(image[level][top // ratio:(top + side) // ratio, left // ratio:(left + side) // ratio])
     return [torch.stack(level).long() for level in crops]
-
-
-def _resampled(x: Tensor, scale: float) -> Tensor:
-    """x (1, 3, H, W) -> resampled to its coded size at `scale`, as the codec does."""
-    if scale == 1:
-        return x
-    return resample.resize(x, resample.coded_size(x.shape[2], x.shape[3], scale))

@@ -222,21 +222,21 @@ def symbols_digest(vqvae: VQVAE2) -> str:
     A prior or decoder run records it so that resuming on another VQ-VAE's symbols is refused.
     """
     decoder_side = {id(p) for module in vqvae.decoder_modules() for p in module.parameters()}
-    sha = hashlib.sha256()
-    for name, tensor in sorted(vqvae.state_dict(keep_vars=True).items()):
-        if id(tensor) not in decoder_side:
-            sha.update(name.encode())
-            sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return sha.hexdigest()
+    return _sha256([(name, tensor) for name, tensor in sorted(vqvae.state_dict(keep_vars=True).items())
+                    if id(tensor) not in decoder_side])
 
 
 def weights_digest(*modules: nn.Module) -> str:
     """SHA-256 of every weight and buffer of `modules`, in order."""
+    return _sha256([item for module in modules for item in sorted(module.state_dict().items())])
+
+
+def _sha256(named: list[tuple[str, Tensor]]) -> str:
+    """SHA-256 of (name, tensor) pairs in the order given, values as float32."""
     sha = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            sha.update(name.encode())
-            sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    for name, tensor in named:
+        sha.update(name.encode())
+        sha.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()
 
 
@@ -398,7 +398,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
             symbols = _symbol_set_batch(symbol_set, cfg, vqvae, rt, scheduler.last_epoch)
         else:
             scale = cfg.scales[scheduler.last_epoch % len(cfg.scales)]
-            x = resampled_batch(next(batches).to(rt.device, non_blocking=True), scale)
+            x = resample.to_coded_size(next(batches).to(rt.device, non_blocking=True), scale)
             symbols = vqvae.encode(x)  # per level (B, h_l, w_l)
         with autocast(rt, cfg.amp):
             nats = net(symbols).float()  # one per trained order
@@ -435,18 +435,20 @@ def _rdo_symbol_set(cfg: PriorTrainConfig, vqvae: VQVAE2, prior: SymbolPrior, fi
                     [:cfg.rdo_images].tolist())
     path = out / "rdo_symbols.pt"
     coder = copy.deepcopy(prior).cpu().eval()  # code lengths are computed on the CPU (rdo.CodeLengths)
+    source = weights_digest(vqvae, coder)
 
     def build(progress: Any = None) -> list[list[Tensor]]:
         return symbol_sets.build(path, vqvae, coder, chosen, cfg.orders[0], cfg.rdo_steps, cfg.scales,
-                                 source=weights_digest(vqvae, coder), progress=progress)
+                                 source=source, progress=progress)
 
+    maps = None
     if rt.is_main:
         bar = tqdm(total=len(chosen), desc="optimising symbols", dynamic_ncols=True)
-        build(lambda done, total: bar.update(done - bar.n))
+        maps = build(lambda done, total: bar.update(done - bar.n))
         bar.close()
     if rt.distributed:
         torch.distributed.barrier()
-    return build()
+    return maps if maps is not None else build()  # the other ranks load the finished set
 
 
 def _symbol_set_batch(symbol_set: list[list[Tensor]], cfg: PriorTrainConfig, vqvae: VQVAE2, rt: Runtime,
@@ -515,14 +517,6 @@ def resolve_prior_config(vq: VQVAE2Config, given: PriorConfig | Mapping[str, Any
     return cfg
 
 
-def resampled_batch(x: Tensor, scale: float) -> Tensor:
-    """(B, C, H, W) images -> the same images resampled to their coded size at `scale`, as the codec does."""
-    if scale == 1:
-        return x
-    size = resample.coded_size(x.shape[2], x.shape[3], scale)
-    return torch.cat([resample.resize(image[None], size) for image in x])
-
-
 @torch.no_grad()
 def evaluate_prior(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runtime,
                    scales: tuple[float, ...] = (1.0,)) -> dict[str, Any]:
@@ -544,7 +538,7 @@ def _prior_bits(vqvae: VQVAE2, prior: SymbolPrior, loader: DataLoader, rt: Runti
     bits = {o: [0.0] * levels for o in ORDERS}
     symbols_per_level, pixels = [0] * levels, 0
     for x in loader:
-        symbols = vqvae.encode(resampled_batch(x.to(rt.device), scale))  # per level (B, h_l, w_l)
+        symbols = vqvae.encode(resample.to_coded_size(x.to(rt.device), scale))  # per level (B, h_l, w_l)
         pixels += x.shape[0] * x.shape[2] * x.shape[3]  # the original's pixels: bpp as the codec counts it
         for level, s in enumerate(symbols):
             symbols_per_level[level] += s.numel()
