@@ -18,7 +18,7 @@ change); where a fine-tuning trained one decode order only (`--order`), it count
 order that saw the most, since a rebuild trains both orders together.
 The fast orders of vqc-3 and vqc-4 were rebuilt with more groups and depth, then width, on the way,
 and vqc-1's and vqc-2's with more depth and width (warm-started, see their cards). The fast orders
-of vqc-1 and vqc-3 last learned the symbols the default encoder writes (`train-prior --order fast
+of vqc-1, vqc-2 and vqc-3 last learned the symbols the default encoder writes (`train-prior --order fast
 --symbols rdo --init-prior`, 600 of their prior_steps), a stage after the rebuild: it needs a
 trained prior to optimise the symbols with.
 """
@@ -108,7 +108,7 @@ RECIPES: dict[str, Recipe] = {
     # border, and a prior trained on them fails on whole images (measured: top level > 8 bits/symbol).
     "vqc-1": Recipe(_vqvae((8, 2), (256, 256)), _PRIOR_X8, vqvae_steps=3000, prior_steps=13250, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
-    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR_X8, vqvae_steps=3000, prior_steps=10800, prior_crop=256,
+    "vqc-2": Recipe(_vqvae((8, 2), (1024, 512)), _PRIOR_X8, vqvae_steps=3000, prior_steps=11400, prior_crop=256,
                     vqvae_refine=_REFINE_X8, decoder=DecoderStage(steps=17500, refine_blocks=8)),
     "vqc-3": Recipe(_vqvae((4, 2), (256, 256)), _PRIOR_X4, vqvae_steps=2000, prior_steps=39050, prior_crop=128,
                     vqvae_refine=_REFINE_X4, decoder=DecoderStage(steps=23800, refine_blocks=16)),
