@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 def link_heldout(folder: Path) -> int:
     """Symlink the training files a run with the default split holds out into `folder`; returns how many."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunSettings)}
-    _, held_out = split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["seed"])
+    _, held_out = split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["split_seed"])
     for path in held_out:
         (folder / path.name).symlink_to(path)
     return len(held_out)

@@ -67,7 +67,9 @@ def _shared_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., A
         opt("--val-every", click.IntRange(min=1), "Steps between validations."),
         opt("--ckpt-every", click.IntRange(min=1), "Steps between resumable checkpoints."),
         opt("--max-minutes", click.FloatRange(min=0), "Stop cleanly, with a checkpoint, after this long."),
-        opt("--seed", int, "Seed of initialisation, data order and augmentation."),
+        opt("--seed", int, "Seed of initialisation, data order and augmentation (not of the held-out split)."),
+        opt("--split-seed", int, "Seed of the held-out split of --data (keep the default to hold out the files "
+            "the shipped models held out)."),
         opt("--resume/--no-resume", bool, "Continue from the state in --out when there is one."),
     ]
 

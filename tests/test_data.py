@@ -90,3 +90,13 @@ def test_train_val_datasets_hold_out_or_use_a_folder(tmp_path):
     other = make_folder(tmp_path / "val", [(20, 20)] * 3)
     train, val = train_val_datasets(folder, other, 16)
     assert len(train) == 10 and val is not None and len(val) == 3
+
+
+def test_the_training_seed_does_not_move_the_held_out_files(tmp_path):
+    # Held-out benchmarks measure the default split; a run with another --seed must not train on it.
+    folder = make_folder(tmp_path / "train", [(20, 20)] * 40)
+    held_out = {seed: set(train_val_datasets(folder, None, 16, val_fraction=0.1, seed=seed)[1].files)
+                for seed in range(5)}
+    assert all(files == held_out[0] for files in held_out.values())
+    moved = set(train_val_datasets(folder, None, 16, val_fraction=0.1, seed=0, split_seed=1)[1].files)
+    assert moved != held_out[0] and len(moved) == len(held_out[0])

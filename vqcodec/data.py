@@ -65,17 +65,21 @@ def train_val_datasets(
     *,
     val_fraction: float = 0.05,
     seed: int = 0,
+    split_seed: int = 0,
 ) -> tuple[ImageFolder, ImageFolder | None]:
     """Training set (random crops + flips) and validation set (center crops).
 
-    Without `val_data`, `val_fraction` of `data` is held out (see `split_files`);
-    with `val_fraction == 0` and no `val_data` there is no validation set.
+    Without `val_data`, `val_fraction` of `data` is held out (see `split_files`),
+    drawn with `split_seed`; with `val_fraction == 0` and no `val_data` there is no
+    validation set. `seed` draws only the training crops: a run with another seed
+    holds out the same files, so its validation (and any held-out benchmark) never
+    sees an image it trained on.
     """
     files = list_images(data)
     if val_data is not None:
         val_files = list_images(val_data)
     else:
-        files, val_files = split_files(files, val_fraction, seed=seed)
+        files, val_files = split_files(files, val_fraction, seed=split_seed)
     train = ImageFolder(files, crop, train=True, seed=seed)
     val = ImageFolder(val_files, crop, train=False) if val_files else None
     return train, val

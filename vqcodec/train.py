@@ -56,6 +56,7 @@ class RunSettings:
     out: str                            # output folder (created)
     val_data: str | None = None         # held-out folder; None: hold out val_fraction of data
     val_fraction: float = 0.05
+    split_seed: int = 0                 # draws the held-out files; apart from seed so every run holds out the same
     steps: int = 100_000                # optimizer steps in total
     batch_size: int = 16                # per process
     crop: int = 256
@@ -255,7 +256,8 @@ def _train_vqvae(cfg: TrainConfig, rt: Runtime) -> Path:
                       state_file="state.pt", resume=cfg.resume, fixed=["vqvae_config.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
-                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                            split_seed=cfg.split_seed)
     model = place_model(VQVAE2(cfg.vqvae), rt, channels_last=cfg.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
@@ -378,7 +380,8 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
                       fixed=["prior_config.json", "symbols_source.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
-                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                            split_seed=cfg.split_seed)
     prior = place_model(_initial_prior(prior_cfg, cfg.init_prior, cfg.orders), rt)
     symbol_set = _rdo_symbol_set(cfg, vqvae, prior, train_set.files, out, rt) if cfg.symbols == "rdo" else None
     for order in ORDERS:  # an untrained order's networks stay frozen (and out of DDP's gradient sync)
@@ -590,7 +593,8 @@ def _train_decoder(cfg: DecoderTrainConfig, rt: Runtime) -> Path:
                       fixed=["source_vqvae_config.json", "vqvae_config.json", "symbols_source.json"])
     seed_everything(cfg.seed + rt.rank)
     train_set, val_set = train_val_datasets(cfg.data, cfg.val_data, cfg.crop,
-                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                            split_seed=cfg.split_seed)
     vqvae = place_model(vqvae, rt, channels_last=cfg.channels_last).eval()  # eval: no codebook updates
     trained = [p for module in vqvae.decoder_modules() for p in module.parameters()]
     vqvae.requires_grad_(False)
