@@ -21,9 +21,9 @@ from vqcodec import bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
-from vqcodec.image import open_image
+from vqcodec.image import ImageLike, open_image
 from vqcodec.models import DEFAULT, RESAMPLED, list_models, model_card, resolve_recorded
-from vqcodec.rate_control import compress_to_target
+from vqcodec.rate_control import compress_at_slope, compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
 DEVICES = click.Choice(["cpu", "cuda"])
@@ -50,6 +50,10 @@ class _Failures:
 @click.option("-o", "--output", type=click.Path(), help="Output file (one input) or folder (several, or ending in /).")
 @click.option("-m", "--model", default=DEFAULT, show_default=True, help="Bundled model name or .safetensors path.")
 @click.option("--target-bpp", type=float, help="Pick the bundled model whose rate best meets this bpp target.")
+@click.option("--slope", type=float,
+              help="Pick the bundled model best at this exchange rate: the dB of PSNR one bit per pixel must "
+              "buy (higher: smaller files; 8 lands near vqc-3/vqc-4). One slope for a collection spends the bits "
+              "where they buy the most.")
 @click.option("--mode", "order", type=click.Choice(ORDERS), default="fast", show_default=True,
               help="Decode order: fast (4-16 network passes per level) or raster (exact PixelCNN: files "
                    "8-12 % smaller, 4-14x slower to decode).")
@@ -59,20 +63,18 @@ class _Failures:
 @click.option("--device", type=DEVICES, default="cpu", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def compress_command(inputs: Sequence[Path], output: str | None, model: str, target_bpp: float | None,
-                     order: str, optimize: int, device: str, force: bool) -> None:
+                     slope: float | None, order: str, optimize: int, device: str, force: bool) -> None:
     """Compress images to .vqc files ('-' as input or -o: standard input or output)."""
-    if target_bpp is not None:
-        _check_target(target_bpp)
-    codec = None if target_bpp is not None else _load(model, device)
+    choose = _chooser(target_bpp, slope, order=order, optimize=optimize, device=device)
+    codec = None if choose is not None else _load(model, device)
     failures = _Failures()
     for src, dst in _progress(_pairs(inputs, output, ".vqc")):
         try:
             _refuse_overwrite(dst, force)
             image = open_image(io.BytesIO(_read_stdin()) if src == STDIO else src)
             with _TileBar(src) as bar:
-                if codec is None:
-                    name, data = compress_to_target(image, target_bpp, order=order, optimize=optimize,  # type: ignore[arg-type]
-                                                    device=device, progress=bar)
+                if choose is not None:
+                    name, data = choose(image, bar)
                 else:
                     data = codec.compress(image, order=order, optimize=optimize, progress=bar)  # type: ignore[arg-type]
                     name = codec.name
@@ -177,12 +179,21 @@ def _load(model: str, device: str) -> Codec:
         raise click.ClickException(str(err)) from None
 
 
-def _check_target(target_bpp: float) -> None:
-    """--target-bpp must be a usable number, and it chooses the model, so --model cannot also be given."""
-    if not (math.isfinite(target_bpp) and target_bpp > 0):
-        raise click.BadParameter("must be a positive number", param_hint="--target-bpp")
+def _chooser(target_bpp: float | None, slope: float | None, **options: str | int
+             ) -> Callable[[ImageLike, _TileBar], tuple[str, bytes]] | None:
+    """How the model is picked per image when --target-bpp or --slope is given (None: --model)."""
+    given = {flag: value for flag, value in (("--target-bpp", target_bpp), ("--slope", slope)) if value is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        raise click.UsageError("--target-bpp and --slope each pick the model; give one of them")
+    [(flag, value)] = given.items()
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter("must be a positive number", param_hint=flag)
     if click.get_current_context().get_parameter_source("model") == ParameterSource.COMMANDLINE:
-        raise click.UsageError("--target-bpp picks the model itself; give --model or --target-bpp, not both")
+        raise click.UsageError(f"{flag} picks the model itself; give --model or {flag}, not both")
+    pick = compress_to_target if flag == "--target-bpp" else compress_at_slope
+    return lambda image, bar: pick(image, value, progress=bar, **options)  # type: ignore[arg-type]
 
 
 # Decoded images are written losslessly (a lossy format would add its own loss), by the output's

@@ -248,6 +248,24 @@ def test_target_bpp_must_be_a_positive_number_and_excludes_model(image_file, tmp
     assert not (tmp_path / "x.vqc").exists()
 
 
+def test_slope_picks_a_bundled_model_and_is_checked_like_a_target(image_file, tmp_path):
+    from vqcodec import bitstream
+
+    cheap = run("compress", image_file, "-o", tmp_path / "cheap.vqc", "--slope", "1000")
+    dear = run("compress", image_file, "-o", tmp_path / "dear.vqc", "--slope", "0.001")
+    assert cheap.exit_code == 0 and dear.exit_code == 0, cheap.output + dear.output
+    names = [bitstream.read_header((tmp_path / f).read_bytes()).model_name for f in ("cheap.vqc", "dear.vqc")]
+    assert names[0] in cheap.output and names[1] in dear.output and names[0] != names[1]
+    assert (tmp_path / "dear.vqc").stat().st_size > (tmp_path / "cheap.vqc").stat().st_size
+    for bad in ("0", "-1", "nan", "inf"):
+        result = run("compress", image_file, "-o", tmp_path / "x.vqc", "--slope", bad)
+        assert result.exit_code == 2 and "--slope" in result.output, (bad, result.output)
+    for extra in (["-m", "vqc-1"], ["--target-bpp", "0.5"]):
+        result = run("compress", image_file, "-o", tmp_path / "x.vqc", "--slope", "8", *extra)
+        assert result.exit_code == 2 and "--slope" in result.output, result.output
+    assert not (tmp_path / "x.vqc").exists()
+
+
 def test_a_folder_given_as_a_vqc_file_is_named_as_such(tmp_path):
     for command in ("info", "decompress"):
         result = run(command, tmp_path)

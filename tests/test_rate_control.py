@@ -5,9 +5,11 @@ import pytest
 from PIL import Image
 
 from conftest import photo_like
-from vqcodec import Codec, ImageError, VQCodecError, compress_to_target, decompress
+from vqcodec import Codec, ImageError, VQCodecError, compress_at_slope, compress_to_target, decompress
 from vqcodec.codec import cached_codec
+from vqcodec.metrics import psnr
 from vqcodec.models import list_models
+from vqcodec.rate_control import PSNR_CAP_DB, Point, best_at_slope, nearest_code_points
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,3 +51,54 @@ def test_bad_inputs_fail_before_any_model_is_loaded():
         compress_to_target(np.zeros((4, 4, 2), dtype=np.uint8), 0.3, models=["no-such-model"])
     with pytest.raises(VQCodecError, match="no models"):
         compress_to_target(photo_like(8, 8), 0.3, models=[])
+
+
+def test_nearest_code_points_are_the_files_and_pictures_of_the_nearest_codes():
+    image = Image.fromarray(photo_like(48, 64, seed=5))
+    codecs = [cached_codec(name) for name in list_models()]
+    points = nearest_code_points(image, codecs)
+    assert [p.model for p in points] == list_models()
+    for codec, point in zip(codecs, points):
+        data = codec.compress(image, optimize=0)
+        assert abs(len(data) - point.bpp * 48 * 64 / 8) < 32  # the estimate, within a few bytes per chunk
+        assert point.psnr == pytest.approx(psnr(image, decompress(data)), abs=1e-6)
+
+
+def test_slope_picks_the_best_point_and_writes_that_models_file(monkeypatch):
+    image = Image.fromarray(photo_like(48, 64, seed=7))
+    points = nearest_code_points(image, [cached_codec(name) for name in list_models()])
+    by_rate = sorted(points, key=lambda p: p.bpp)
+    assert best_at_slope(points, 1e6) == points.index(by_rate[0])  # bits dear: the smallest file
+    assert best_at_slope(points, 1e-6) == points.index(max(points, key=lambda p: p.psnr))  # bits free: the best picture
+    calls = []
+    real_compress = Codec.compress
+    monkeypatch.setattr(Codec, "compress", lambda self, *a, **k: calls.append(self.name) or real_compress(self, *a, **k))
+    for slope in (1e6, 8.0, 1e-6):
+        calls.clear()
+        chosen = points[best_at_slope(points, slope)].model
+        name, data = compress_at_slope(image, slope)
+        assert name == chosen and calls == [chosen]  # one compression, by the chosen model
+        assert data == real_compress(cached_codec(chosen), image)
+
+
+def test_cost_prices_rate_against_quality_and_caps_exact_pictures(tiny_model_path):
+    a, b = Point("a", 0.2, 30.0), Point("b", 0.4, 32.0)  # b buys 2 dB for 0.2 bpp: 10 dB per bpp
+    assert best_at_slope([a, b], 9.0) == 1 and best_at_slope([a, b], 11.0) == 0
+    flat = np.full((16, 16, 3), 128, dtype=np.uint8)
+    [point] = nearest_code_points(flat, [Codec.load(tiny_model_path)])
+    assert point.psnr <= PSNR_CAP_DB and point.bpp > 0
+
+
+@pytest.mark.parametrize("slope", [0, -1.0, float("nan"), float("inf"), "8", True])
+def test_a_slope_must_be_a_positive_number(slope, tiny_model_path):
+    with pytest.raises(VQCodecError, match="positive number"):
+        compress_at_slope(photo_like(8, 8), slope, models=[tiny_model_path])
+
+
+def test_slope_refuses_bad_inputs_before_loading_a_model(tiny_model_path):
+    with pytest.raises(ImageError):
+        compress_at_slope(np.zeros((4, 4, 2), dtype=np.uint8), 8.0, models=["no-such-model"])
+    with pytest.raises(VQCodecError, match="no models"):
+        compress_at_slope(photo_like(8, 8), 8.0, models=[])
+    name, data = compress_at_slope(photo_like(32, 48, seed=3), 8.0, models=[tiny_model_path], optimize=0)
+    assert name == "tiny" and data == Codec.load(tiny_model_path).compress(photo_like(32, 48, seed=3), optimize=0)

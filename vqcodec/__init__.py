@@ -4,6 +4,7 @@
     >>> data = vqcodec.compress(image)          # PIL image, uint8 array, float tensor or path -> bytes
     >>> image = vqcodec.decompress(data)        # bytes -> PIL image (model read from the header)
     >>> name, data = vqcodec.compress_to_target(image, 0.3)  # the bundled model that best meets 0.3 bpp
+    >>> name, data = vqcodec.compress_at_slope(image, 8.0)   # the model best at 8 dB per bpp
 
 The public names below load lazily, so `import vqcodec.bitstream` stays free of torch.
 """
@@ -23,6 +24,7 @@ _LAZY = {
     "compress": "vqcodec.codec",
     "decompress": "vqcodec.codec",
     "compress_to_target": "vqcodec.rate_control",
+    "compress_at_slope": "vqcodec.rate_control",
     "Header": "vqcodec.bitstream",
     "read_header": "vqcodec.bitstream",
     "list_models": "vqcodec.models",

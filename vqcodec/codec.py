@@ -214,10 +214,13 @@ class Codec:
         around the coded symbols: then the estimate is the file's size up to the coder's few bytes.
         """
         symbols = self.encode(image, order=order, optimize=optimize)
-        bits = self.symbol_bits(symbols, order=order)
-        if container:
-            bits += 8 * len(bitstream.pack(self._header(symbols, order), [b""] * len(symbols.levels)))
-        return bits
+        return self.file_bits(symbols, order=order) if container else self.symbol_bits(symbols, order=order)
+
+    def file_bits(self, symbols: Symbols, *, order: Order = "fast") -> float:
+        """Estimated size in bits of the .vqc file of these symbols: their cross-entropy under the prior
+        plus the header, chunk lengths and checksum around them (exact up to the coder's few bytes)."""
+        container = bitstream.pack(self._header(symbols, order), [b""] * len(symbols.levels))
+        return self.symbol_bits(symbols, order=order) + 8 * len(container)
 
     @torch.no_grad()
     def symbol_bits(self, symbols: Symbols, *, order: Order = "fast") -> float:

@@ -1,4 +1,4 @@
-"""Rate control: the model whose file best meets a bits-per-pixel target, for one image.
+"""Rate control: which model of the family codes an image, by a bits-per-pixel target or by a slope.
 
 Each model of the family codes an image at its own rate, and which model lands nearest a target
 depends on the image (a sky and a forest differ by 3x at the same model). `compress_to_target`
@@ -6,6 +6,12 @@ keeps the largest file within the target, else the smallest file, among the mode
 compressing with every one of them: each model first estimates its rate from the nearest codes
 (the prior's code lengths plus the container's exact bytes, about a tenth of a compression), and
 only the models whose estimate can still meet the target are compressed, highest first.
+
+`compress_at_slope` picks instead the model whose point is best at a constant exchange rate, the
+slope: the dB of PSNR one bit per pixel must buy. Every image is then coded where its own curve
+has that slope, which suits a collection coded at one setting: bits go to the images where they
+buy the most. Each model's point is estimated from its nearest codes (rate as above, PSNR of their
+decoded picture); the chosen model's file is then exactly what `Codec.compress` makes.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from vqcodec import rdo
-from vqcodec.codec import Order, cached_codec
+from vqcodec.codec import Codec, Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import ImageLike, open_image, to_tensor
+from vqcodec.image import ImageLike, open_image, to_pil, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -66,3 +76,74 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
         files[lowest] = lowest.compress(image, order=order, optimize=optimize, progress=progress)
     smallest = min(files, key=lambda codec: len(files[codec]))
     return smallest.name, files[smallest]
+
+
+# PSNR of a near-perfect picture is capped here so that an exact one (infinite PSNR) still compares.
+PSNR_CAP_DB = 80.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """A model's estimated rate and quality for one image, from its nearest codes."""
+
+    model: str
+    bpp: float
+    psnr: float
+
+    def cost(self, slope: float) -> float:
+        """Rate priced at `slope` dB per bpp, minus quality: lower is better."""
+        return slope * self.bpp - self.psnr
+
+
+def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order = "fast") -> list[Point]:
+    """Each model's point for `image`: estimated file bpp and the PSNR (8-bit RGB) of its nearest codes."""
+    x, info = to_tensor(image)
+    original = to_pil(x, info)
+    pixels = info.height * info.width
+    points = []
+    for codec in codecs:
+        symbols = codec.encode(original, order=order, optimize=0)
+        psnr = _psnr_8bit(original, codec.decode(symbols))
+        points.append(Point(codec.name, codec.file_bits(symbols, order=order) / pixels, psnr))
+    return points
+
+
+def _psnr_8bit(a: Image.Image, b: Image.Image) -> float:
+    """PSNR over 8-bit RGB (as the benchmarks score it; `metrics` is not on the codec's import path), capped."""
+    error = np.mean((np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)) ** 2)
+    return PSNR_CAP_DB if error == 0 else min(10 * math.log10(255.0**2 / error), PSNR_CAP_DB)
+
+
+def best_at_slope(points: Sequence[Point], slope: float) -> int:
+    """Index of the point of lowest cost at `slope` (ties: the earlier one)."""
+    costs = [point.cost(slope) for point in points]
+    return costs.index(min(costs))
+
+
+def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | Path] | None = None,
+                      order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS, device: str = "cpu",
+                      progress: rdo.Progress | None = None) -> tuple[str, bytes]:
+    """The file of the model whose rate-quality point is best at `slope` dB of PSNR per bpp.
+
+    A higher slope prices bits higher: smaller files. Every model is estimated from its nearest
+    codes (an encode and a decode each, no entropy coding), then only the chosen one compresses.
+
+    Args:
+        image: as for `Codec.compress`.
+        slope: dB of PSNR one bit per pixel must buy, a positive number.
+        models: names or weight files to choose from (default: the bundled family).
+        order, optimize, device, progress: as for `Codec.compress`.
+    Returns:
+        (model name as recorded in the file, the file's bytes).
+    """
+    if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope > 0):
+        raise VQCodecError(f"the slope must be a positive number of dB per bpp (got {slope!r})")
+    candidates = list(models) if models is not None else list_models()
+    if not candidates:
+        raise VQCodecError("no models to choose from: none are bundled and none were given")
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
+    to_tensor(image)  # refuses a bad image before any model is loaded
+    codecs = [cached_codec(model, device) for model in candidates]
+    chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order), slope)]
+    return chosen.name, chosen.compress(image, order=order, optimize=optimize, progress=progress)
