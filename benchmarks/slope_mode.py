@@ -123,12 +123,22 @@ def allocated(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([bpp[p, columns].mean() for p in picks]), np.array([psnr[p, columns].mean() for p in picks]))
 
 
-def report(result: dict, paths: list[Path], fixed: dict | None) -> list[str]:
+def report(result: dict, paths: list[Path], committed: list[dict]) -> list[str]:
+    """BD-rates of the slope curve against the committed results of the same images, then against
+    Pillow's JPEG and WebP measured here, at fixed quality and with the same per-image choice."""
     rate, quality = np.array(result["results"]["bpp"]), np.array(result["results"]["psnr-rgb"])
-    lines = [f"{p}: {b:.4f} bpp, {q:.2f} dB" for p, b, q in zip(result["points"], rate, quality)]
+    lines = [f"{p}: {b:.4f} bpp, {q:.2f} dB, MS-SSIM {m:.4f}; picks {picks}" for p, b, q, m, picks in
+             zip(result["points"], rate, quality, result["results"]["ms-ssim-rgb"], result["settings"]["picks"])]
+    fixed = next((r for r in committed if r["name"] == "vqcodec-fast"), None)
+    for other in committed:
+        if other["name"] in ("vqcodec-raster", result["name"]):
+            continue
+        o_rate, o_quality = bdrate.curve(other)
+        lines.append(f"vs {other['name']} (committed results): BD-rate "
+                     f"{bdrate.bd_rate(o_rate, o_quality, rate, quality):+.1f} %, "
+                     f"BD-PSNR {bdrate.bd_psnr(o_rate, o_quality, rate, quality):+.2f} dB")
     if fixed is not None:
         f_rate, f_quality = bdrate.curve(fixed)
-        lines.append(f"vs the fixed models ({fixed['name']}): BD-rate {bdrate.bd_rate(f_rate, f_quality, rate, quality):+.1f} %")
     for kind in PEER_QUALITIES:
         rows = peer_rows(paths, kind)
         p_rate, p_quality = rows[..., 0].mean(1), rows[..., 1].mean(1)
@@ -161,10 +171,7 @@ def main(which: str, shard: str, out: Path) -> None:
     records = [measure_image(path, cache) for path in paths]
     result = slope_results(records, len(paths))
     rd.write_results(result, out / f"{which}.json")
-    fixed_path = {"kodak": HERE / "results" / "kodak" / "vqcodec-fast.json",
-                  "heldout": HERE / "results" / "heldout" / "vqcodec-fast.json"}[which]
-    fixed = rd.read_results(fixed_path) if fixed_path.exists() else None
-    lines = report(result, paths, fixed)
+    lines = report(result, paths, rd.read_folder(HERE / "results" / which))
     (out / f"{which}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
