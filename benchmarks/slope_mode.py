@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -134,8 +135,11 @@ def report(result: dict, paths: list[Path], committed: list[dict]) -> list[str]:
         if other["name"] in ("vqcodec-raster", result["name"]):
             continue
         o_rate, o_quality = bdrate.curve(other)
-        lines.append(f"vs {other['name']} (committed results): BD-rate "
-                     f"{bdrate.bd_rate(o_rate, o_quality, rate, quality):+.1f} %, "
+        bd = bdrate.bd_rate(o_rate, o_quality, rate, quality)
+        if math.isnan(bd):  # no shared PSNR range (the short CompressAI runs): BD-PSNR alone would mislead
+            lines.append(f"vs {other['name']} (committed results): no shared PSNR range")
+            continue
+        lines.append(f"vs {other['name']} (committed results): BD-rate {bd:+.1f} %, "
                      f"BD-PSNR {bdrate.bd_psnr(o_rate, o_quality, rate, quality):+.2f} dB")
     if fixed is not None:
         f_rate, f_quality = bdrate.curve(fixed)
