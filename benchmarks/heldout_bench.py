@@ -35,10 +35,15 @@ from vqcodec.train import RunSettings
 HERE = Path(__file__).resolve().parent
 
 
-def link_heldout(folder: Path) -> int:
-    """Symlink the training files a run with the default split holds out into `folder`; returns how many."""
+def heldout_files() -> list[Path]:
+    """The training files a run with the default split holds out."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunSettings)}
-    _, held_out = split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["split_seed"])
+    return split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["split_seed"])[1]
+
+
+def link_heldout(folder: Path) -> int:
+    """Symlink the held-out files (`heldout_files`) into `folder`; returns how many."""
+    held_out = heldout_files()
     for path in held_out:
         (folder / path.name).symlink_to(path)
     return len(held_out)

@@ -9,7 +9,7 @@ estimates' plus the chosen model's. Results, in the same JSON form as `vqcodec b
 `results/slope/<set>.json`, with BD-rates against the peers measured on the same images.
 
 The same allocation helps any codec: the peers' own per-image choice among their qualities at
-the same slopes is measured too (`--peers`, from Pillow at the qualities `vqcodec bench` uses), so
+the same slopes is measured too (Pillow's JPEG and WebP at the qualities `vqcodec bench` uses), so
 the gain can be told apart from the gain a fixed-quality peer leaves on the table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/slope_mode.py --set kodak --shard 0/2 &
@@ -23,7 +23,6 @@ import dataclasses
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -32,13 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_paths import KODAK, TRAIN
+from data_paths import KODAK
+from heldout_bench import heldout_files
 from vqcodec import bdrate, metrics, rd
 from vqcodec.codec import cached_codec
-from vqcodec.data import list_images, split_files
 from vqcodec.models import list_models
-from vqcodec.rate_control import Point, best_at_slope, nearest_code_points
-from vqcodec.train import RunSettings
+from vqcodec.rate_control import PSNR_CAP_DB, Point, best_at_slope, nearest_code_points
 
 HERE = Path(__file__).resolve().parent
 # A geometric grid from "almost every image at the smallest model" to "almost every one at the
@@ -48,10 +46,7 @@ PEER_QUALITIES = {"jpeg": [5, 10, 20, 30, 40, 50, 60, 75, 90, 95], "webp": [1, 5
 
 
 def image_set(name: str) -> list[Path]:
-    if name == "kodak":
-        return sorted(KODAK.glob("*.png"))
-    defaults = {f.name: f.default for f in dataclasses.fields(RunSettings)}
-    return split_files(list_images(TRAIN), defaults["val_fraction"], seed=defaults["split_seed"])[1]
+    return sorted(KODAK.glob("*.png")) if name == "kodak" else heldout_files()
 
 
 def measure_image(path: Path, cache: Path) -> dict:
@@ -80,10 +75,11 @@ def slope_results(records: list[dict], images: int) -> dict:
     keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "decoding_time": "decoding_time"}
     results: dict[str, list] = {key: [] for key in [*keys, "encoding_time"]}
     picks = []
+    points = [[Point(**p) for p in record["points"]] for record in records]
     for slope in SLOPES:
         rows, times = [], []
-        for record in records:
-            model = record["points"][best_at_slope([Point(**p) for p in record["points"]], slope)]["model"]
+        for record, own in zip(records, points):
+            model = own[best_at_slope(own, slope)].model
             rows.append(record["files"][model])
             times.append(record["estimate_time"] + record["files"][model]["encoding_time"])
         for key, field in keys.items():
@@ -117,11 +113,13 @@ def peer_rows(paths: list[Path], kind: str) -> np.ndarray:
 
 
 def allocated(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same per-image choice at each slope, among a peer's qualities: (mean bpp, mean PSNR) per slope."""
-    bpp, psnr = rows[..., 0], np.minimum(rows[..., 1], 80.0)
-    columns = np.arange(rows.shape[1])
-    picks = [np.argmin(slope * bpp - psnr, axis=0) for slope in SLOPES]
-    return (np.array([bpp[p, columns].mean() for p in picks]), np.array([psnr[p, columns].mean() for p in picks]))
+    """The same per-image choice at each slope (`best_at_slope`), among a peer's qualities:
+    (mean bpp, mean PSNR) per slope, PSNR capped as the codec caps it."""
+    images = [[Point(str(q), bpp, min(psnr, PSNR_CAP_DB)) for q, (bpp, psnr) in enumerate(column)]
+              for column in rows.transpose(1, 0, 2)]
+    chosen = [[own[best_at_slope(own, slope)] for own in images] for slope in SLOPES]
+    return (np.array([np.mean([p.bpp for p in row]) for row in chosen]),
+            np.array([np.mean([p.psnr for p in row]) for row in chosen]))
 
 
 def report(result: dict, paths: list[Path], committed: list[dict]) -> list[str]:

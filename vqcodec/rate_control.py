@@ -28,7 +28,7 @@ from PIL import Image
 from vqcodec import rdo
 from vqcodec.codec import Codec, Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import ImageLike, open_image, to_pil, to_tensor
+from vqcodec.image import ImageInfo, ImageLike, open_image, to_pil, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -53,14 +53,8 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
     """
     if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and target_bpp > 0):
         raise VQCodecError(f"the bpp target must be a positive number (got {target_bpp!r})")
-    candidates = list(models) if models is not None else list_models()
-    if not candidates:
-        raise VQCodecError("no models to choose from: none are bundled and none were given")
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)  # once, not once per model
-    _, info = to_tensor(image)  # refuses a bad image before any model is loaded
+    image, info, codecs = _image_and_codecs(image, models, device)
     pixels = info.height * info.width
-    codecs = [cached_codec(model, device) for model in candidates]
     estimate = {codec: codec.estimate_bits(image, order=order, optimize=0, container=True) / pixels
                 for codec in codecs}
     reach = 1 - OPTIMISATION_SAVING_BOUND if optimize else 1.0  # nearest codes: the file holds the estimate
@@ -76,6 +70,21 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
         files[lowest] = lowest.compress(image, order=order, optimize=optimize, progress=progress)
     smallest = min(files, key=lambda codec: len(files[codec]))
     return smallest.name, files[smallest]
+
+
+def _image_and_codecs(image: ImageLike, models: Sequence[str | Path] | None, device: str
+                      ) -> tuple[ImageLike, ImageInfo, list[Codec]]:
+    """The image (opened once, not once per model), its info, and the candidate models' codecs.
+
+    A bad image or an empty model list is refused before any model is loaded.
+    """
+    candidates = list(models) if models is not None else list_models()
+    if not candidates:
+        raise VQCodecError("no models to choose from: none are bundled and none were given")
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
+    _, info = to_tensor(image)
+    return image, info, [cached_codec(model, device) for model in candidates]
 
 
 # PSNR of a near-perfect picture is capped here so that an exact one (infinite PSNR) still compares.
@@ -138,12 +147,6 @@ def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | 
     """
     if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope > 0):
         raise VQCodecError(f"the slope must be a positive number of dB per bpp (got {slope!r})")
-    candidates = list(models) if models is not None else list_models()
-    if not candidates:
-        raise VQCodecError("no models to choose from: none are bundled and none were given")
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)
-    to_tensor(image)  # refuses a bad image before any model is loaded
-    codecs = [cached_codec(model, device) for model in candidates]
+    image, _, codecs = _image_and_codecs(image, models, device)
     chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order), slope)]
     return chosen.name, chosen.compress(image, order=order, optimize=optimize, progress=progress)
