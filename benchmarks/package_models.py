@@ -405,6 +405,8 @@ def measured_lines(name: str, results_dir: Path | None) -> list[str]:
             steps = data.get("settings", {}).get("optimize_steps")
             effort = f"encoder: {steps} rate-distortion optimisation steps; " if steps else ""
             version = data.get("settings", {}).get("format_version", 2)  # runs before 0.3 did not record it
+            if version >= 4:
+                effort += "decoder adaptation where worth its bytes; "
             lines += ["", f"## Measured on Kodak (24 images; whole .vqc files, header included; {order} order; "
                       f"format version {version}; {effort}1 CPU thread on a shared 2-core machine)", ""]
             for key, label in (("bpp", "bpp"), ("psnr-rgb", "PSNR (dB)"), ("ms-ssim-rgb", "MS-SSIM"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vqcodec.bitstream import (MAGIC, MAX_PIXELS, MAX_SYMBOLS, VERSION, Header, pack, read_header,
+from vqcodec.bitstream import (MAGIC, MAX_ADAPTATION, MAX_PIXELS, MAX_SYMBOLS, VERSION, Header, pack, read_header,
                                symbols_checksum, unpack)
 from vqcodec.errors import BitstreamError
 
@@ -73,12 +73,12 @@ def test_header_size_and_layout() -> None:
     data = small_file()
     assert data[:4] == MAGIC + bytes([VERSION])
     overhead = len(data) - sum(map(len, CHUNKS))
-    assert overhead == 50  # prefix 10 + name 6 + digest 8 + levels 9 + chunks 9 + CRCs 4 + 4
+    assert overhead == 52  # prefix 10 + name 6 + digest 8 + levels 9 + chunks 9 + CRCs 4 + 4 + adaptation 2
     assert data[-4:] == struct.pack("<I", zlib.crc32(data[:-4]))
     assert data[NAME_LEN] == 5 and data[LEVELS] == 2 and data[CHUNK_COUNT] == 2
     assert struct.unpack_from("<II", data, LENGTHS) == (12, 4)
     smallest = pack(make_header(model_name="x", width=1, height=1, level_shapes=((1, 1),)), [b""])
-    assert len(smallest) == 38 and unpack(smallest)[1] == [b""]
+    assert len(smallest) == 40 and unpack(smallest)[1] == [b""]
 
 
 def test_header_accepts_lists_and_normalises_to_tuples() -> None:
@@ -89,7 +89,9 @@ def test_header_accepts_lists_and_normalises_to_tuples() -> None:
 
 def test_read_header_needs_only_the_header() -> None:
     data = small_file()
-    assert read_header(data[:46]) == make_header()
+    assert read_header(data[:48]) == make_header()
+    with pytest.raises(BitstreamError, match="adaptation length"):
+        read_header(data[:47])
     with pytest.raises(BitstreamError, match="symbols CRC"):
         read_header(data[:45])
 
@@ -117,16 +119,38 @@ def test_golden_header() -> None:
     assert unpack(path.read_bytes())[0].model_name == "default"
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_versions_still_parse(version) -> None:
-    """The golden files of vqcodec 0.1 (one-position raster schedule) and 0.2 (float32 prior)
-    read as their versions; only the version byte differs from the current container."""
+    """The golden files of vqcodec 0.1 (one-position raster schedule), 0.2 (float32 prior) and 0.3
+    to 0.8 (no adaptation field) read as their versions, with no adaptation."""
     old = (EXPECTED / f"header_v{version}.bin").read_bytes()
     header, chunks = unpack(old)
     assert header.version == version and header.order == "raster"
     assert header == replace(unpack(golden_header_file())[0], version=version)
     assert chunks == [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00\x03\x00\x00\x00"]
     assert read_header(old).version == version
+
+
+def test_adaptation_round_trips_and_counts_in_the_size() -> None:
+    header = make_header(adaptation=bytes(range(70)))
+    data = pack(header, CHUNKS)
+    assert unpack(data) == (header, CHUNKS) and read_header(data).adaptation == bytes(range(70))
+    assert len(data) == len(small_file()) + 70
+
+
+def test_adaptation_is_bounded_and_absent_before_version_4() -> None:
+    with pytest.raises(ValueError, match="adaptation"):
+        make_header(adaptation=b"\x00" * (MAX_ADAPTATION + 1))
+    with pytest.raises(ValueError, match="no adaptation field"):
+        make_header(version=3, adaptation=b"\x01")
+    with pytest.raises(ValueError, match="adaptation"):
+        make_header(adaptation="not bytes")
+
+
+def test_adaptation_longer_than_the_file_raises() -> None:
+    data = edit(small_file(), LENGTHS + 12, "<H", 200)
+    with pytest.raises(BitstreamError, match="adaptation"):
+        unpack(data)
 
 
 def test_writers_produce_only_the_current_version() -> None:
@@ -149,7 +173,7 @@ def test_every_truncation_raises() -> None:
 
 def test_every_header_truncation_raises_in_read_header() -> None:
     data = small_file()
-    for end in range(46):
+    for end in range(48):
         with pytest.raises(BitstreamError):
             read_header(data[:end])
 
@@ -226,6 +250,7 @@ HOSTILE = {
     "huge chunk": (LENGTHS, "<I", 0xFFFFFFFF, "chunk length"),
     "short chunks": (LENGTHS, "<I", 8, "chunk length"),
     "long chunks": (LENGTHS + 4, "<I", 5, "chunk length"),
+    "huge adaptation": (LENGTHS + 12, "<H", 0xFFFF, "adaptation length"),
 }
 
 

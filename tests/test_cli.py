@@ -33,7 +33,7 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
 
     result = run("info", vqc)
     assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
-    assert "format:   version 3 (exact prior)" in result.output and "order:    fast" in result.output
+    assert "format:   version 4 (exact prior)" in result.output and "order:    fast" in result.output
 
 
 @pytest.mark.parametrize("suffix, kind", [(".tiff", "TIFF"), (".bmp", "BMP"), (".ppm", "PPM"), (".webp", "WEBP"),
@@ -307,3 +307,18 @@ def test_models_shows_a_card_by_name():
     assert run("models", "default").output.startswith("# vqc-3 (default)")
     unknown = run("models", "vqc-9")
     assert unknown.exit_code == 1 and "unknown model 'vqc-9'" in unknown.output and "vqc-1" in unknown.output
+
+
+def test_no_adapt_writes_no_decoder_correction(tmp_path, tiny_model_path):
+    """An untrained decoder gains a lot from the correction, so a 96x128 image carries one by
+    default; --no-adapt leaves it out, `info` shows which, and both files decompress."""
+    source = tmp_path / "photo.png"
+    Image.fromarray(photo_like(96, 128, seed=3)).save(source)
+    for flag, expected in ((), "adapted:  24 bytes"), (("--no-adapt",), "adapted:  none"):
+        vqc = tmp_path / f"photo{len(flag)}.vqc"
+        assert run("compress", source, "-o", vqc, "--model", tiny_model_path, *flag).exit_code == 0
+        info = run("info", vqc)
+        assert info.exit_code == 0 and expected in info.output, info.output
+        result = run("decompress", vqc, "-o", tmp_path / f"back{len(flag)}.png", "--model", tiny_model_path)
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "photo0.vqc").stat().st_size > (tmp_path / "photo1.vqc").stat().st_size

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vqcodec"
-FLOW = ["errors", "files", "image", "quantize", "vqvae", "prior", "context", "entropy", "bitstream", "checkpoint", "rdo", "resample", "codec", "rate_control"]
+FLOW = ["errors", "files", "image", "quantize", "vqvae", "prior", "context", "entropy", "bitstream", "checkpoint", "rdo", "resample", "adapt", "codec", "rate_control"]
 BESIDE = {"data", "metrics", "train", "symbol_sets", "runtime", "rd", "peers", "bdrate", "plots", "cli", "recipes"}
 
 

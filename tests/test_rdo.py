@@ -71,7 +71,7 @@ def test_large_images_are_optimised_tile_by_tile(codec, monkeypatch):
     assert int(changed.sum()) >= 6, changed  # most tiles moved, not only the first
     *_, j_nearest, weight = cost(codec, x, nearest, "fast")
     assert cost(codec, x, tiled, "fast", weight)[2] < j_nearest  # better for the whole image too
-    data = codec.compress(image, optimize=10)  # and the codec codes exactly those symbols
+    data = codec.compress(image, optimize=10, adapt_decoder=False)  # and the codec codes exactly those symbols
     assert all(torch.equal(a, b) for a, b in zip(codec.decode_symbols(data).levels, tiled))
 
 
@@ -121,3 +121,32 @@ def test_the_written_out_adam_matches_torch_adam_bit_for_bit():
         reference.step()
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+
+
+def test_a_decoder_correction_is_fitted_once_to_the_nearest_codes_and_judges_the_pictures(codec):
+    """The correction is asked for once, with the nearest codes; the symbols then lower the cost
+    measured through the corrected decoder, which is a different optimum from the plain one."""
+    from vqcodec import adapt
+
+    x, _ = to_tensor(photo_like(48, 64, seed=7))
+    nearest = codec.vqvae.encode(x)
+    adaptation = adapt.fit(codec.vqvae, nearest, x)[0]
+    calls = []
+
+    def correction(levels):
+        calls.append(levels)
+        return adaptation.affine()
+
+    unchanged = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 0, correction=correction)
+    assert all(torch.equal(a, b) for a, b in zip(unchanged, nearest))
+    assert not calls  # nearest codes need no correction
+    corrected = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10, correction=correction)
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(calls[0], nearest))
+    plain = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10)
+    assert any(not torch.equal(a, b) for a, b in zip(corrected, plain))
+
+    def corrected_mse(symbols):
+        with torch.no_grad():
+            return float(F.mse_loss(codec.vqvae.decode(symbols, size=x.shape[-2:], affine=adaptation.affine()), x))
+
+    assert corrected_mse(corrected) < corrected_mse(nearest)

@@ -1,6 +1,6 @@
 """The .vqc container: header, entropy-coded chunks, checksums. Standard library only.
 
-Layout (versions 1 to 3, little-endian; docs/bitstream.md is the normative spec)::
+Layout (little-endian; docs/bitstream.md is the normative spec)::
 
     prefix   "VQC" | version u8 | flags u8 | mode u8 | width u16 | height u16        10 bytes
     model    name length u8 | name (ASCII)                                      1 + 1..32
@@ -8,6 +8,7 @@ Layout (versions 1 to 3, little-endian; docs/bitstream.md is the normative spec)
     levels   level count u8 | (h u16, w u16) per level, bottom first                1 + 4 L
     chunks   chunk count u8 | length u32 per chunk, top level first                 1 + 4 C
     check    CRC32 of the decoded symbol maps u32                                        4
+    adapt    (version 4) length u16 | decoder adaptation (vqcodec.adapt), 0 = none     2 + n
     payload  the chunks, concatenated
     trailer  CRC32 of every byte before it u32                                           4
 
@@ -28,12 +29,15 @@ from typing import Iterable, Union
 from vqcodec.errors import BitstreamError
 
 __all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
-           "MAX_LEVELS", "MAX_SIDE", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
+           "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
-VERSION = 3  # what writers produce; 3: probabilities from the exact prior (vqcodec.exact)
-# Version 2 coded with the float32 prior; version 1 also had the one-position raster schedule.
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4  # what writers produce; 4: the header can carry a decoder adaptation (vqcodec.adapt)
+# Version 3 is 4 without the adaptation field; version 2 coded with the float32 prior instead of the
+# exact one (vqcodec.exact); version 1 also had the one-position raster schedule.
+READABLE_VERSIONS = (1, 2, 3, 4)
+ADAPTATION_VERSION = 4       # the first version with the adaptation field
+MAX_ADAPTATION = 4096        # bytes; the bundled models' adaptations take about 70
 
 MAX_SIDE = 65535                 # image sides and symbol-map sides
 MAX_PIXELS = 1 << 28             # width * height (16384 x 16384): bounds what a reader allocates
@@ -46,6 +50,7 @@ _PREFIX = struct.Struct("<3sBBBHH")   # magic, version, flags, mode, width, heig
 _U8 = struct.Struct("<B")             # name length, level count, chunk count
 _SHAPE = struct.Struct("<HH")         # h, w of one symbol map
 _U32 = struct.Struct("<I")            # chunk length, symbols CRC, file CRC
+_U16 = struct.Struct("<H")            # adaptation length
 
 _FLAG_RASTER = 0x01                   # bit 0: decode order (0 = fast, 1 = raster)
 _FLAGS_KNOWN = _FLAG_RASTER
@@ -102,6 +107,8 @@ class Header:
         level_shapes: per level, bottom first, (h, w) of each symbol map (lists become tuples).
         symbols_crc: CRC32 over the symbol maps (see ``symbols_checksum``), 0..2**32 - 1.
         version: format version of the file (one of READABLE_VERSIONS); `pack` writes VERSION only.
+        adaptation: the coded decoder adaptation (`vqcodec.adapt`), b"" for none (always, before
+            version 4); at most MAX_ADAPTATION bytes. The bitstream layer does not interpret it.
     """
 
     model_name: str
@@ -113,6 +120,7 @@ class Header:
     level_shapes: tuple[tuple[int, int], ...]
     symbols_crc: int
     version: int = VERSION
+    adaptation: bytes = b""
 
     def __post_init__(self) -> None:
         check_model_name(self.model_name)
@@ -132,6 +140,10 @@ class Header:
             raise ValueError(f"symbols CRC must be an int in 0..2**32-1, got {self.symbols_crc!r}")
         if self.version not in READABLE_VERSIONS:
             raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {self.version!r}")
+        if not isinstance(self.adaptation, bytes) or len(self.adaptation) > MAX_ADAPTATION:
+            raise ValueError(f"adaptation must be bytes of length 0..{MAX_ADAPTATION}")
+        if self.adaptation and self.version < ADAPTATION_VERSION:
+            raise ValueError(f"format version {self.version} has no adaptation field")
         object.__setattr__(self, "level_shapes", shapes)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -165,6 +177,7 @@ def _encode_header(header: Header, chunk_lengths: list[int]) -> bytes:
     parts.append(_U8.pack(len(chunk_lengths)))
     parts += [_U32.pack(length) for length in chunk_lengths]
     parts.append(_U32.pack(header.symbols_crc))
+    parts += [_U16.pack(len(header.adaptation)), header.adaptation]
     return b"".join(parts)
 
 
@@ -262,10 +275,17 @@ def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
         raise BitstreamError(f"chunk count field is {chunk_count}, but the file has {levels} levels")
     lengths = [reader.read(_U32, f"chunk {index} length")[0] for index in range(chunk_count)]
     (symbols_crc,) = reader.read(_U32, "symbols CRC")
+    adaptation = b""
+    if version >= ADAPTATION_VERSION:
+        (adaptation_length,) = reader.read(_U16, "adaptation length")
+        if adaptation_length > MAX_ADAPTATION:
+            raise BitstreamError(f"adaptation length field is {adaptation_length}, more than {MAX_ADAPTATION}")
+        adaptation = reader.take(adaptation_length, "adaptation")
     try:
         header = Header(model_name=name, weights_digest=digest, width=width, height=height,
                         mode=_MODE_NAMES[mode], order="raster" if flags & _FLAG_RASTER else "fast",
-                        level_shapes=shapes_checked, symbols_crc=symbols_crc, version=version)
+                        level_shapes=shapes_checked, symbols_crc=symbols_crc, version=version,
+                        adaptation=adaptation)
     except ValueError as err:  # every field is checked above; kept as a safety net
         raise BitstreamError(f"invalid header: {err}") from None
     return header, lengths

@@ -2,16 +2,17 @@
 
 ```
 compress:    image ─► image.to_tensor ─► resample (scaled members) ─► VQVAE2 encoder + rdo.optimize_symbols ─► symbol maps (bottom … top)
+             adapt.fit (decoder adaptation: ~70 bytes of last-layer correction, when worth its bytes)
              for level top → bottom: prior stepper ─► logits ─► canonical probabilities ─► rANS chunk
-             Header(model, digest, size, mode, order, map sizes, symbol CRC) + chunks ─► bitstream.pack ─► bytes
+             Header(model, digest, size, mode, order, map sizes, symbol CRC, adaptation) + chunks ─► bitstream.pack ─► bytes
 
 decompress:  bytes ─► bitstream.unpack ─► for level top → bottom: stepper logits ─► rANS decode ─► symbols
-             symbol CRC check ─► VQVAE2.decode ─► crop ─► resample back ─► image in the original mode
+             symbol CRC check ─► VQVAE2.decode (+ adaptation) ─► crop ─► resample back ─► image in the original mode
 ```
 
 The encoder walks exactly the same decode schedule and calls the same `stepper.logits` as the
 decoder, so both sides hand bit-identical probability tables to the coder. Coding runs the prior
-on the CPU in exact integer arithmetic (`vqcodec.exact`, format version 3), so a file decodes
+on the CPU in exact integer arithmetic (`vqcodec.exact`, format versions 3 and 4), so a file decodes
 whatever the thread count, CPU or GPU of either side; versions 1 and 2 were coded with the
 float32 prior and decode only where float32 sums come out the same (same machine and threads).
 """
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import bitstream, entropy, exact, rdo, resample
+from vqcodec import adapt, bitstream, entropy, exact, rdo, resample
 from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
@@ -34,7 +35,7 @@ from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
 from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
-from vqcodec.vqvae import VQVAE2
+from vqcodec.vqvae import VQVAE2, OutputAffine
 
 # Bottom-level symbols above which `estimate_bits` evaluates the prior in bands of rows: whole-map
 # logits take 8 bytes per code and symbol (vqc-4: 1 GB at 2 MP, 6 GB at 12 MP).
@@ -48,10 +49,12 @@ ORDERS: tuple[str, ...] = ("fast", "raster")
 
 
 class Symbols(NamedTuple):
-    """Symbol maps of one image: per level, bottom first, each (1, h, w) int64 on the CPU."""
+    """Symbol maps of one image: per level, bottom first, each (1, h, w) int64 on the CPU, and the
+    decoder adaptation the file carries with them (None: decode with the model as it is)."""
 
     levels: list[torch.Tensor]
     info: ImageInfo
+    adaptation: adapt.Adaptation | None = None
 
 
 class Codec:
@@ -92,21 +95,38 @@ class Codec:
     # ---- image <-> symbols -------------------------------------------------------------------
 
     def encode(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
-               progress: rdo.Progress | None = None) -> Symbols:
-        """Image -> symbol maps (the tokens the prior codes).
+               progress: rdo.Progress | None = None, adapt_decoder: bool = True) -> Symbols:
+        """Image -> symbol maps (the tokens the prior codes) and the decoder adaptation.
 
         optimize: steps of rate-distortion optimization under `order`'s code lengths
         (`vqcodec.rdo`); 0 gives the nearest codes, the fastest encode.
         progress: called as progress(tiles done, tiles in all) while an image over 2 MP is
         optimised tile by tile (minutes on a CPU).
+        adapt_decoder: fit the per-image decoder correction (`vqcodec.adapt`) and keep it when it
+        is worth its bytes; False writes none (a little smaller file, a little worse picture).
         """
         _check_order(order)
         if not isinstance(optimize, int) or isinstance(optimize, bool) or optimize < 0:
             raise VQCodecError(f"optimize must be a whole number of steps >= 0, got {optimize!r}")
         x, info = to_tensor(image)
         x = self._to_coded_size(x, info)
-        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress)
-        return Symbols([s.cpu().long() for s in levels], info)
+        # With adaptation, the optimisation judges pictures through the correction fitted to the
+        # nearest codes (when that one is worth sending), then the correction is refitted to its result.
+        correction = (lambda nearest: self._correction(nearest, x)) if adapt_decoder else None
+        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress, correction)
+        levels = [s.cpu().long() for s in levels]
+        return Symbols(levels, info, self._adaptation(levels, x) if adapt_decoder else None)
+
+    def _correction(self, levels: list[torch.Tensor], x: torch.Tensor) -> OutputAffine | None:
+        adaptation = self._adaptation(levels, x)
+        return adaptation.affine(self.device) if adaptation is not None else None
+
+    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor) -> adapt.Adaptation | None:
+        """The decoder adaptation for these symbols of x (coded size), if it is worth its bytes."""
+        adaptation, mse_without, mse_with = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x)
+        pixels = x.shape[-2] * x.shape[-1] / self.scale**2  # the image's own pixels pay for the bytes
+        fits = len(adapt.to_bytes(adaptation)) <= bitstream.MAX_ADAPTATION
+        return adaptation if fits and adapt.worth_sending(adaptation, mse_without, mse_with, round(pixels)) else None
 
     @torch.no_grad()
     def decode(self, symbols: Symbols) -> Image.Image:
@@ -122,11 +142,17 @@ class Codec:
         for level, (s, size) in enumerate(zip(symbols.levels, self.vqvae.config.codebook_size)):
             if s.numel() and (int(s.min()) < 0 or int(s.max()) >= size):
                 raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
+        adaptation = symbols.adaptation
+        if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation)
+                                       or len(adaptation.values) != adapt.parameter_count(self.vqvae)):
+            raise VQCodecError(f"the adaptation does not fit model {self.name!r} "
+                               f"({adapt.parameter_count(self.vqvae)} parameters)")
 
     def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
         levels = [s.to(self.device) for s in symbols.levels]
         size = (symbols.info.height, symbols.info.width)
-        coded = self.vqvae.decode(levels, size=self._coded_size(*size)).float().cpu()
+        affine = symbols.adaptation.affine(self.device) if symbols.adaptation is not None else None
+        coded = self.vqvae.decode(levels, size=self._coded_size(*size), affine=affine).float().cpu()
         return resample.resize(coded, size)
 
     def _coded_size(self, height: int, width: int) -> tuple[int, int]:
@@ -142,20 +168,21 @@ class Codec:
     # ---- bytes ---------------------------------------------------------------------------------
 
     def compress(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
-                 progress: rdo.Progress | None = None) -> bytes:
+                 progress: rdo.Progress | None = None, adapt_decoder: bool = True) -> bytes:
         """Image (PIL, uint8 array, float tensor or image file path) -> .vqc bytes.
 
         optimize: encoder effort, steps of rate-distortion optimization of the symbols (0: nearest
-        codes, fastest); files decode the same way whatever it was. progress: as in `encode`.
+        codes, fastest); files decode the same way whatever it was. progress, adapt_decoder: as in
+        `encode`.
         """
-        symbols = self.encode(image, order=order, optimize=optimize, progress=progress)
+        symbols = self.encode(image, order=order, optimize=optimize, progress=progress, adapt_decoder=adapt_decoder)
         return self.compress_symbols(symbols, order=order)
 
     def compress_symbols(self, symbols: Symbols, *, order: Order = "fast") -> bytes:
         """Symbols (from `encode`, or edited) -> .vqc bytes that decode to exactly these symbols."""
         _check_order(order)
         self._check_symbols(symbols)
-        symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info)
+        symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info, symbols.adaptation)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
         return bitstream.pack(self._header(symbols, order), chunks)
 
@@ -169,6 +196,7 @@ class Codec:
             order=order,
             level_shapes=tuple((int(s.shape[1]), int(s.shape[2])) for s in symbols.levels),
             symbols_crc=symbols_crc(symbols.levels),
+            adaptation=adapt.to_bytes(symbols.adaptation) if symbols.adaptation is not None else b"",
         )
 
     def decompress(self, data: bytes) -> Image.Image:
@@ -192,28 +220,38 @@ class Codec:
             self._decode_level(chunk, levels, level, header.order, header.version)
         if symbols_crc(levels) != header.symbols_crc:
             raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
-        return Symbols(levels, ImageInfo(header.mode, header.height, header.width))
+        return Symbols(levels, ImageInfo(header.mode, header.height, header.width), self._read_adaptation(header))
+
+    def _read_adaptation(self, header: Header) -> adapt.Adaptation | None:
+        if not header.adaptation:
+            return None
+        try:
+            return adapt.from_bytes(header.adaptation, adapt.parameter_count(self.vqvae))
+        except ValueError as err:
+            raise BitstreamError(f"{err}: the file is corrupt") from None
 
     def compress_batch(self, images: Iterable[ImageLike], *, order: Order = "fast",
-                       optimize: int = rdo.DEFAULT_STEPS) -> list[bytes]:
+                       optimize: int = rdo.DEFAULT_STEPS, adapt_decoder: bool = True) -> list[bytes]:
         """Compress several images; each result is an independent .vqc file.
 
         Raises the first error, of the same VQCodecError class, with the failing item's index.
         """
-        return _each(images, lambda image: self.compress(image, order=order, optimize=optimize))
+        return _each(images, lambda image: self.compress(image, order=order, optimize=optimize,
+                                                         adapt_decoder=adapt_decoder))
 
     def decompress_batch(self, files: Iterable[bytes]) -> list[Image.Image]:
         """Decompress several .vqc files (all made by this model); errors name the failing index."""
         return _each(files, self.decompress)
 
     def estimate_bits(self, image: ImageLike, *, order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS,
-                      container: bool = False) -> float:
+                      container: bool = False, adapt_decoder: bool = True) -> float:
         """Cross-entropy of the image's symbols under the prior, in bits (no coding).
 
-        container: add the file's header, chunk lengths and checksum, which `compress` writes
-        around the coded symbols: then the estimate is the file's size up to the coder's few bytes.
+        container: add the file's header (with the decoder adaptation `adapt_decoder` fits), chunk
+        lengths and checksum, which `compress` writes around the coded symbols: then the estimate is
+        the file's size up to the coder's few bytes.
         """
-        symbols = self.encode(image, order=order, optimize=optimize)
+        symbols = self.encode(image, order=order, optimize=optimize, adapt_decoder=adapt_decoder and container)
         return self.file_bits(symbols, order=order) if container else self.symbol_bits(symbols, order=order)
 
     def file_bits(self, symbols: Symbols, *, order: Order = "fast") -> float:
@@ -352,9 +390,9 @@ def cached_codec(model: str | Path, device: str = "cpu") -> Codec:
 
 
 def compress(image: ImageLike, *, model: str | Path = "default", order: Order = "fast",
-             optimize: int = rdo.DEFAULT_STEPS) -> bytes:
+             optimize: int = rdo.DEFAULT_STEPS, adapt_decoder: bool = True) -> bytes:
     """Compress one image with a bundled model (loaded once per process); see `Codec.compress`."""
-    return cached_codec(model).compress(image, order=order, optimize=optimize)
+    return cached_codec(model).compress(image, order=order, optimize=optimize, adapt_decoder=adapt_decoder)
 
 
 def decompress(data: bytes, *, model: str | Path | None = None) -> Image.Image:

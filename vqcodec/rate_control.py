@@ -40,14 +40,14 @@ OPTIMISATION_SAVING_BOUND = 0.15
 
 def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[str | Path] | None = None,
                        order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS, device: str = "cpu",
-                       progress: rdo.Progress | None = None) -> tuple[str, bytes]:
+                       progress: rdo.Progress | None = None, adapt_decoder: bool = True) -> tuple[str, bytes]:
     """The largest file within `target_bpp` bits per pixel, else the smallest file, and its model.
 
     Args:
         image: as for `Codec.compress`.
         target_bpp: the rate to stay within: 8 * file bytes / pixels, header included.
         models: names or weight files to choose from (default: the bundled family).
-        order, optimize, device, progress: as for `Codec.compress`.
+        order, optimize, device, progress, adapt_decoder: as for `Codec.compress`.
     Returns:
         (model name as recorded in the file, the file's bytes).
     """
@@ -55,19 +55,21 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
         raise VQCodecError(f"the bpp target must be a positive number (got {target_bpp!r})")
     image, info, codecs = _image_and_codecs(image, models, device)
     pixels = info.height * info.width
-    estimate = {codec: codec.estimate_bits(image, order=order, optimize=0, container=True) / pixels
+    estimate = {codec: codec.estimate_bits(image, order=order, optimize=0, container=True,
+                                           adapt_decoder=adapt_decoder) / pixels
                 for codec in codecs}
+    compress = {"order": order, "optimize": optimize, "progress": progress, "adapt_decoder": adapt_decoder}
     reach = 1 - OPTIMISATION_SAVING_BOUND if optimize else 1.0  # nearest codes: the file holds the estimate
     files = {}
     for codec in sorted(codecs, key=estimate.__getitem__, reverse=True):
         if estimate[codec] * reach > target_bpp:
             continue
-        files[codec] = codec.compress(image, order=order, optimize=optimize, progress=progress)
+        files[codec] = codec.compress(image, **compress)
         if 8 * len(files[codec]) / pixels <= target_bpp:
             return codec.name, files[codec]
     lowest = min(codecs, key=estimate.__getitem__)
     if lowest not in files:
-        files[lowest] = lowest.compress(image, order=order, optimize=optimize, progress=progress)
+        files[lowest] = lowest.compress(image, **compress)
     smallest = min(files, key=lambda codec: len(files[codec]))
     return smallest.name, files[smallest]
 
@@ -104,14 +106,16 @@ class Point:
         return slope * self.bpp - self.psnr
 
 
-def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order = "fast") -> list[Point]:
-    """Each model's point for `image`: estimated file bpp and the PSNR (8-bit RGB) of its nearest codes."""
+def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order = "fast",
+                        adapt_decoder: bool = True) -> list[Point]:
+    """Each model's point for `image`: estimated file bpp and the PSNR (8-bit RGB) of its nearest codes
+    (decoded with their decoder adaptation, which the file size then includes, unless adapt_decoder is False)."""
     x, info = to_tensor(image)
     original = to_pil(x, info)
     pixels = info.height * info.width
     points = []
     for codec in codecs:
-        symbols = codec.encode(original, order=order, optimize=0)
+        symbols = codec.encode(original, order=order, optimize=0, adapt_decoder=adapt_decoder)
         psnr = _psnr_8bit(original, codec.decode(symbols))
         points.append(Point(codec.name, codec.file_bits(symbols, order=order) / pixels, psnr))
     return points
@@ -131,7 +135,7 @@ def best_at_slope(points: Sequence[Point], slope: float) -> int:
 
 def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | Path] | None = None,
                       order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS, device: str = "cpu",
-                      progress: rdo.Progress | None = None) -> tuple[str, bytes]:
+                      progress: rdo.Progress | None = None, adapt_decoder: bool = True) -> tuple[str, bytes]:
     """The file of the model whose rate-quality point is best at `slope` dB of PSNR per bpp.
 
     A higher slope prices bits higher: smaller files. Every model is estimated from its nearest
@@ -141,12 +145,13 @@ def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | 
         image: as for `Codec.compress`.
         slope: dB of PSNR one bit per pixel must buy, a positive number.
         models: names or weight files to choose from (default: the bundled family).
-        order, optimize, device, progress: as for `Codec.compress`.
+        order, optimize, device, progress, adapt_decoder: as for `Codec.compress`.
     Returns:
         (model name as recorded in the file, the file's bytes).
     """
     if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope > 0):
         raise VQCodecError(f"the slope must be a positive number of dB per bpp (got {slope!r})")
     image, _, codecs = _image_and_codecs(image, models, device)
-    chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order), slope)]
-    return chosen.name, chosen.compress(image, order=order, optimize=optimize, progress=progress)
+    chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order, adapt_decoder), slope)]
+    return chosen.name, chosen.compress(image, order=order, optimize=optimize, progress=progress,
+                                        adapt_decoder=adapt_decoder)

@@ -14,6 +14,8 @@ few Adam steps on the vectors to lower
 J of the final symbols is measured exactly (decoded picture; teacher-forced code lengths are the
 coded size) and compared with J of the nearest codes: the better wins, so the result is never
 worse than nearest codes by J.
+With a decoder correction (`correction`, the per-image adaptation of `vqcodec.adapt` fitted to
+the nearest codes), the distortion is that of the corrected decoder, which the file will carry.
 The output is ordinary symbols: decoding does not change. The idea is Yang et al. 2020,
 "Improving Inference for Neural Image Compression" (scalar latents); here with vector
 quantization and an autoregressive prior.
@@ -30,9 +32,11 @@ from torch import Tensor
 
 from vqcodec.prior import SymbolPrior
 from vqcodec.quantize import VectorQuantizer
-from vqcodec.vqvae import VQVAE2
+from vqcodec.vqvae import VQVAE2, OutputAffine
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
+# Given the nearest codes, the decoder correction to judge distortion under (None: the plain decoder).
+Correction = Callable[[list[Tensor]], "OutputAffine | None"]
 
 DEFAULT_STEPS = 10
 LEARNING_RATE = 2e-3
@@ -50,7 +54,8 @@ TILE_PIXELS = 1024  # side of those tiles, before the decoder's reach is added a
 
 
 def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
-                     steps: int = DEFAULT_STEPS, progress: Progress | None = None) -> list[Tensor]:
+                     steps: int = DEFAULT_STEPS, progress: Progress | None = None,
+                     correction: Correction | None = None) -> list[Tensor]:
     """Symbols of one image chosen for rate and distortion.
 
     Args:
@@ -60,19 +65,23 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         order: the decode order whose code lengths count ("fast" or "raster").
         steps: optimization steps; 0 gives the nearest codes (what `VQVAE2.encode` returns).
         progress: called as progress(tiles done, tiles in all) after each tile of a large image.
+        correction: called once with the nearest codes; the decoder correction it returns (the
+            same for every tile) is applied wherever the optimisation decodes.
     Returns:
         Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
     """
     vectors, nearest = vqvae.latent_vectors(x)
     if steps <= 0 or min(q.codebook_size for q in vqvae.quantizers) < 2:
         return nearest
+    affine = correction(nearest) if correction is not None else None
     if x.shape[-2] * x.shape[-1] <= MAX_PIXELS:
-        return _optimized(vqvae, prior, x, vectors, nearest, order, steps)
-    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps, progress)
+        return _optimized(vqvae, prior, x, vectors, nearest, order, steps, affine)
+    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps, progress, affine)
 
 
 def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor],
-                        nearest: list[Tensor], order: str, steps: int, progress: Progress | None) -> list[Tensor]:
+                        nearest: list[Tensor], order: str, steps: int, progress: Progress | None,
+                        affine: OutputAffine | None) -> list[Tensor]:
     """`_optimized` tile by tile, so memory stays bounded on large images.
 
     Each tile is optimised as an image of its own together with the decoder's reach around it
@@ -85,7 +94,7 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
     tiles = vqvae.tiles(*nearest[0].shape[-2:], TILE_PIXELS // scale)
     for done, t in enumerate(tiles, 1):
         found = _optimized(vqvae, prior, t.crop_pixels(x, scale), t.crop(vectors, ratios), t.crop(nearest, ratios),
-                           order, steps)
+                           order, steps, affine)
         t.paste(chosen, found, ratios)
         if progress is not None:
             progress(done, len(tiles))
@@ -93,13 +102,13 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
 
 
 def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor], nearest: list[Tensor],
-               order: str, steps: int) -> list[Tensor]:
+               order: str, steps: int, affine: OutputAffine | None = None) -> list[Tensor]:
     """The optimisation proper on one image (or tile): `vectors` and their `nearest` codes are its latents."""
     quantizers = list(vqvae.quantizers)
     pixels = x.shape[-2] * x.shape[-1]
     temperatures: list[float] = []
     lengths = CodeLengths(prior, nearest, order, x.device)
-    start_mse, start_bits = _distortion(vqvae, nearest, x), lengths.total(nearest)
+    start_mse, start_bits = _distortion(vqvae, nearest, x, affine), lengths.total(nearest)
     weight = RATE_WEIGHT * start_mse / max(start_bits / pixels, 1e-9)  # this image's exchange rate
     vectors = [z.detach().clone().requires_grad_(True) for z in vectors]
     optimizer = Adam(vectors, lr=LEARNING_RATE)
@@ -112,14 +121,14 @@ def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tenso
                 temperatures = [TEMPERATURE * _mean_gap(distances) for _, distances in found]
             if step and step % REFRESH == 0:
                 lengths = CodeLengths(prior, symbols, order, x.device)
-            decoded = vqvae.decode_vectors(_straight_through(quantizers, vectors, symbols), x.shape[-2:])
+            decoded = vqvae.decode_vectors(_straight_through(quantizers, vectors, symbols), x.shape[-2:], affine)
             rate = sum(_soft_bits(q, z, lengths.at(level, c), c, t)
                        for level, (q, z, c, t) in enumerate(zip(quantizers, vectors, candidates, temperatures)))
             loss = F.mse_loss(decoded, x) + weight * rate / pixels
             optimizer.step(torch.autograd.grad(loss, vectors))  # the weights get no gradient
     final = [q.nearest(z) for q, z in zip(quantizers, vectors)]
     final_bits = CodeLengths(prior, final, order, x.device).total(final)
-    final_cost = _distortion(vqvae, final, x) + weight * final_bits / pixels
+    final_cost = _distortion(vqvae, final, x, affine) + weight * final_bits / pixels
     return final if final_cost < start_mse + weight * start_bits / pixels else nearest
 
 
@@ -173,8 +182,8 @@ class CodeLengths:
 
 
 @torch.no_grad()
-def _distortion(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor) -> float:
-    return float(F.mse_loss(vqvae.decode(symbols, size=x.shape[-2:]), x))
+def _distortion(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, affine: OutputAffine | None = None) -> float:
+    return float(F.mse_loss(vqvae.decode(symbols, size=x.shape[-2:], affine=affine), x))
 
 
 def _straight_through(quantizers: list[VectorQuantizer], vectors: list[Tensor], symbols: list[Tensor]) -> list[Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +122,15 @@ class VQVAE2Output(NamedTuple):
     x_hat: Tensor
     vq_loss: Tensor
     symbols: list[Tensor]
+
+
+class OutputAffine(NamedTuple):
+    """A per-image correction of the decoder's output (`vqcodec.adapt`): the last features become
+    features * scale + shift (per channel, (C,) each), then offset (3,) is added to each colour."""
+
+    scale: Tensor
+    shift: Tensor
+    offset: Tensor
 
 
 class ResBlock(nn.Module):
@@ -279,12 +288,36 @@ class VQVAE2(nn.Module):
             f = torch.cat([f, self.cond_decoders[level](above)], dim=1)
         return self.pre_quant[level](f)
 
-    def _decode_quantized(self, quantized: list[Tensor]) -> Tensor:
-        """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range."""
+    def _last_features(self, quantized: list[Tensor]) -> Tensor:
+        """Quantized maps per level (bottom first) -> the feature map the decoder's last layer reads."""
         maps = [quantized[0]] + [up(q) for up, q in zip(self.upsamplers, quantized[1:])]
         trunk = self.decoder[: self._trunk_end](torch.cat(maps, dim=1))
-        finest = self.decoder[self._trunk_end : -1](self.refine(trunk))
-        return self.decoder[-1](self.tail(finest)) + 0.5
+        return self.tail(self.decoder[self._trunk_end : -1](self.refine(trunk)))
+
+    def _decode_quantized(self, quantized: list[Tensor], affine: OutputAffine | None = None) -> Tensor:
+        """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range.
+
+        affine: a per-image correction of the last features and colours (`vqcodec.adapt`)."""
+        features = self._last_features(quantized)
+        if affine is None:
+            return self.decoder[-1](features) + 0.5
+        features = features * affine.scale.view(1, -1, 1, 1) + affine.shift.view(1, -1, 1, 1)
+        return self.decoder[-1](features) + 0.5 + affine.offset.view(1, -1, 1, 1)
+
+    def last_layer(self) -> nn.Module:
+        """The decoder's last layer: linear in its input, which `vqcodec.adapt` relies on."""
+        return self.decoder[-1]
+
+    def last_features(self, symbols: list[Tensor], *, tile_pixels: int = DECODE_TILE_PIXELS) -> Tensor:
+        """Symbols per level (bottom first) -> the padded image's last features (B, C, H'/s, W'/s),
+        s the last layer's stride; tile by tile like `decode`, and equal to the whole-image map."""
+        quantized = [q.lookup(s) for q, s in zip(self.quantizers, symbols)]
+        tile = tile_pixels // self.config.downsample[0]
+        stride = self.last_layer().stride[0]
+        if max(quantized[0].shape[-2:]) > tile:
+            return self._run_tiles(self._last_features, quantized, tile, self.last_layer().in_channels,
+                                   self.config.downsample[0] // stride)
+        return self._last_features(quantized)
 
     def decoder_modules(self) -> list[nn.Module]:
         """The modules that turn quantized maps into pixels (what decoder fine-tuning trains)."""
@@ -365,30 +398,32 @@ class VQVAE2(nn.Module):
             above = quantizer.lookup(symbols[level])
         return vectors, symbols
 
-    def decode_vectors(self, quantized: list[Tensor], size: tuple[int, int]) -> Tensor:
+    def decode_vectors(self, quantized: list[Tensor], size: tuple[int, int],
+                       affine: OutputAffine | None = None) -> Tensor:
         """Quantized maps per level, bottom first, (B, D_l, h_l, w_l) -> x_hat (B, 3, *size).
 
         Differentiable (unlike `decode`'s symbol lookup): encoder-side optimization runs through it.
         """
-        return self._decode_quantized(quantized)[:, :, : size[0], : size[1]]
+        return self._decode_quantized(quantized, affine)[:, :, : size[0], : size[1]]
 
     def decode(self, symbols: list[Tensor], size: tuple[int, int] | None = None, *,
-               tile_pixels: int = DECODE_TILE_PIXELS) -> Tensor:
+               tile_pixels: int = DECODE_TILE_PIXELS, affine: OutputAffine | None = None) -> Tensor:
         """Symbols per level, bottom first, (B, h_l, w_l) int64 -> x_hat (B, 3, H, W) float32.
 
         size=(H, W) crops the padded reconstruction back to the original image size. Images larger
         than tile_pixels on a side are decoded in tiles of about that side, each with the
         decoder's receptive field around it (`decode_halo`), so memory stays bounded; the tiles
-        match the whole-image decode up to float rounding.
+        match the whole-image decode up to float rounding. affine: as for `_decode_quantized`.
         """
         if len(symbols) != self.config.levels:
             raise ValueError(f"expected {self.config.levels} symbol maps, got {len(symbols)}")
         quantized = [q.lookup(s) for q, s in zip(self.quantizers, symbols)]
         tile = tile_pixels // self.config.downsample[0]
         if max(quantized[0].shape[-2:]) > tile:
-            x_hat = self._decode_tiles(quantized, tile)
+            x_hat = self._run_tiles(lambda part: self._decode_quantized(part, affine), quantized, tile, 3,
+                                    self.config.downsample[0])
         else:
-            x_hat = self._decode_quantized(quantized)
+            x_hat = self._decode_quantized(quantized, affine)
         if size is not None:
             x_hat = x_hat[:, :, : size[0], : size[1]]
         return x_hat
@@ -436,13 +471,15 @@ class VQVAE2(nn.Module):
                      max(0, left - halo), min(width, left + tile + halo))
                 for top in range(0, height, tile) for left in range(0, width, tile)]
 
-    def _decode_tiles(self, quantized: list[Tensor], tile: int) -> Tensor:
-        """`_decode_quantized` tile by tile: bottom-grid tiles of `tile` cells plus the halo."""
-        ratios, scale = self.level_ratios(), self.config.downsample[0]
+    def _run_tiles(self, run: Callable[[list[Tensor]], Tensor], quantized: list[Tensor], tile: int,
+                   channels: int, scale: int) -> Tensor:
+        """`run` (quantized maps -> a map of `channels` at `scale` x the bottom grid) tile by tile:
+        bottom-grid tiles of `tile` cells plus the halo, each tile's interior pasted in place."""
+        ratios = self.level_ratios()
         height, width = quantized[0].shape[-2:]
-        out = quantized[0].new_empty(quantized[0].shape[0], 3, height * scale, width * scale)
+        out = quantized[0].new_empty(quantized[0].shape[0], channels, height * scale, width * scale)
         for t in self.tiles(height, width, tile):
-            pixels = self._decode_quantized(t.crop(quantized, ratios))
+            pixels = run(t.crop(quantized, ratios))
             rows, cols = t.rows * scale, t.cols * scale
             out[..., t.top * scale : t.top * scale + rows, t.left * scale : t.left * scale + cols] = \
                 pixels[..., (t.top - t.r0) * scale :, (t.left - t.c0) * scale :][..., :rows, :cols]
