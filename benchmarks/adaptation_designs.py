@@ -47,8 +47,8 @@ def design_columns(codec: Codec, symbols: list[torch.Tensor], x: torch.Tensor) -
     pixels = height * width
     with torch.no_grad():
         features = codec.vqvae.last_features(symbols)
-        scaled = adapt._per_channel(layer, features)[..., :height, :width]
-        shifted = adapt._per_channel(layer, torch.ones_like(features))[..., :height, :width]
+        scaled = adapt.channel_contributions(layer, features)[..., :height, :width]
+        shifted = adapt.channel_contributions(layer, torch.ones_like(features))[..., :height, :width]
         picture = scaled.sum(0, keepdim=True) + layer.bias.view(1, 3, 1, 1) + 0.5
     channels = scaled.shape[0]
     scales = scaled.permute(1, 2, 3, 0).reshape(3 * pixels, channels)

@@ -118,8 +118,8 @@ def _bands(layer: nn.Module, features: Tensor, x: Tensor):
         last = min(last, first + height - y0)
         if last <= first:
             break
-        scaled = _per_channel(layer, band)[..., first:last, :width]              # (C, 3, h, w)
-        shifted = _per_channel(layer, torch.ones_like(band))[..., first:last, :width]
+        scaled = channel_contributions(layer, band)[..., first:last, :width]              # (C, 3, h, w)
+        shifted = channel_contributions(layer, torch.ones_like(band))[..., first:last, :width]
         x_hat = scaled.sum(0) + layer.bias.detach().float().cpu().view(3, 1, 1) + 0.5   # (3, h, w)
         residual = (x[0, :, y0 : y0 + last - first, :] - x_hat).reshape(-1)
         n = x_hat[0].numel()
@@ -130,7 +130,7 @@ def _bands(layer: nn.Module, features: Tensor, x: Tensor):
         yield design.double(), residual.double()
 
 
-def _per_channel(layer: nn.ConvTranspose2d, features: Tensor) -> Tensor:
+def channel_contributions(layer: nn.ConvTranspose2d, features: Tensor) -> Tensor:
     """(1, C, h, w) -> (C, 3, H, W): each input channel's contribution to the output, no bias."""
     channels = features.shape[1]
     out = F.conv_transpose2d(features, layer.weight.detach().float().cpu(), None, stride=layer.stride, padding=layer.padding,

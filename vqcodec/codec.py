@@ -112,21 +112,21 @@ class Codec:
         x = self._to_coded_size(x, info)
         # With adaptation, the optimisation judges pictures through the correction fitted to the
         # nearest codes (when that one is worth sending), then the correction is refitted to its result.
-        correction = (lambda nearest: self._correction(nearest, x)) if adapt_decoder else None
+        pixels = info.height * info.width  # the image's own pixels (not the coded ones) pay for the bytes
+        correction = (lambda nearest: self._correction(nearest, x, pixels)) if adapt_decoder else None
         levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress, correction)
         levels = [s.cpu().long() for s in levels]
-        return Symbols(levels, info, self._adaptation(levels, x) if adapt_decoder else None)
+        return Symbols(levels, info, self._adaptation(levels, x, pixels) if adapt_decoder else None)
 
-    def _correction(self, levels: list[torch.Tensor], x: torch.Tensor) -> OutputAffine | None:
-        adaptation = self._adaptation(levels, x)
+    def _correction(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int) -> OutputAffine | None:
+        adaptation = self._adaptation(levels, x, pixels)
         return adaptation.affine(self.device) if adaptation is not None else None
 
-    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor) -> adapt.Adaptation | None:
+    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int) -> adapt.Adaptation | None:
         """The decoder adaptation for these symbols of x (coded size), if it is worth its bytes."""
         adaptation, mse_without, mse_with = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x)
-        pixels = x.shape[-2] * x.shape[-1] / self.scale**2  # the image's own pixels pay for the bytes
         fits = len(adapt.to_bytes(adaptation)) <= bitstream.MAX_ADAPTATION
-        return adaptation if fits and adapt.worth_sending(adaptation, mse_without, mse_with, round(pixels)) else None
+        return adaptation if fits and adapt.worth_sending(adaptation, mse_without, mse_with, pixels) else None
 
     @torch.no_grad()
     def decode(self, symbols: Symbols) -> Image.Image:
