@@ -40,7 +40,7 @@ def test_it_chooses_among_the_models_given(tiny_model_path):
     assert np.asarray(decompress(data, model=tiny_model_path)).shape == image.shape
 
 
-@pytest.mark.parametrize("target", [0, -0.5, float("nan"), float("inf"), "0.3"])
+@pytest.mark.parametrize("target", [0, -0.5, float("nan"), float("inf"), "0.3", True])
 def test_a_target_must_be_a_positive_number(target, tiny_model_path):
     with pytest.raises(VQCodecError, match="positive number"):
         compress_to_target(photo_like(8, 8), target, models=[tiny_model_path])

@@ -38,6 +38,11 @@ from vqcodec.models import list_models
 OPTIMISATION_SAVING_BOUND = 0.15
 
 
+def _is_positive_number(value: object) -> bool:
+    """A finite number above 0; True and False are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[str | Path] | None = None,
                        order: Order = "fast", optimize: int = rdo.DEFAULT_STEPS, device: str = "cpu",
                        progress: rdo.Progress | None = None, adapt_decoder: bool = True) -> tuple[str, bytes]:
@@ -51,7 +56,7 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
     Returns:
         (model name as recorded in the file, the file's bytes).
     """
-    if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and target_bpp > 0):
+    if not _is_positive_number(target_bpp):
         raise VQCodecError(f"the bpp target must be a positive number (got {target_bpp!r})")
     image, info, codecs = _image_and_codecs(image, models, device)
     pixels = info.height * info.width
@@ -149,7 +154,7 @@ def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | 
     Returns:
         (model name as recorded in the file, the file's bytes).
     """
-    if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope > 0):
+    if not _is_positive_number(slope):
         raise VQCodecError(f"the slope must be a positive number of dB per bpp (got {slope!r})")
     image, _, codecs = _image_and_codecs(image, models, device)
     chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order, adapt_decoder), slope)]
