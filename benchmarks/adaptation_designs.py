@@ -10,7 +10,10 @@ and prints what each gains in PSNR and costs in bytes:
 - colour-scales: a scale per channel and colour (3 C), the shifts and offsets;
 - film+alf: the shipped design plus a 3x3 cross-colour filter on the decoded picture (81 more),
   like the adaptive loop filter of H.266/VVC;
-- phase-scales: a scale per channel and output pixel phase of the stride-2 last layer (4 C).
+- phase-scales: a scale per channel and output pixel phase of the stride-2 last layer (4 C);
+- colour-scales+alf: the per-colour scales and the 3x3 cross-colour filter together;
+- film+region-offsets: the shipped design with an offset per colour in each of 4x4 regions (48
+  instead of 3), for colour casts that vary across the picture.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptation_designs.py -m vqc-4 --limit 8   # held-out crops
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptation_designs.py -m vqc-4 --data /work/shared/data/kodak --limit 4
@@ -64,11 +67,17 @@ def design_columns(codec: Codec, symbols: list[torch.Tensor], x: torch.Tensor) -
     loop_filter = torch.zeros(3 * pixels, 81)
     for k in range(3):
         loop_filter[k * pixels : (k + 1) * pixels, k * 27 : (k + 1) * 27] = taps
+    region = (rows * 4 // height * 4 + cols * 4 // width).reshape(-1)
+    region_offsets = torch.zeros(3 * pixels, 48)
+    for k in range(3):
+        region_offsets[k * pixels : (k + 1) * pixels, k * 16 : (k + 1) * 16] = F.one_hot(region, 16).float()
     return picture, {
         "film": [scales, shifts, offsets],
         "colour-scales": [colour_scales, shifts, offsets],
         "film+alf": [scales, shifts, offsets, loop_filter],
         "phase-scales": [phase_scales, shifts, offsets],
+        "colour-scales+alf": [colour_scales, shifts, offsets, loop_filter],
+        "film+region-offsets": [scales, shifts, region_offsets],
     }
 
 
