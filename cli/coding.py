@@ -147,7 +147,14 @@ def info_command(path: Path) -> None:
     click.echo(f"symbols:  crc32 {header.symbols_crc:08x}")
     if header.version >= bitstream.ADAPTATION_VERSION:
         adapted = f"{len(header.adaptation)} bytes" if header.adaptation else "none"
+        if header.adaptation and header.version >= bitstream.DESIGN_VERSION:
+            adapted += f", {_DESIGN_NAMES.get(header.adaptation[0], f'unknown design {header.adaptation[0]}')}"
         click.echo(f"adapted:  {adapted} (per-image decoder correction)")
+
+
+# What each design of the adaptation field (docs/bitstream.md §2.2) corrects, for `info`.
+_DESIGN_NAMES = {0: "scale per channel", 1: "scale per channel and colour",
+                 2: "scale per channel, 3x3 colour filter", 3: "scale per channel and colour, 3x3 colour filter"}
 
 
 @click.command("models")

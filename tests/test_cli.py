@@ -33,7 +33,7 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
 
     result = run("info", vqc)
     assert result.exit_code == 0 and "37" in result.output and "tiny" in result.output
-    assert "format:   version 4 (exact prior)" in result.output and "order:    fast" in result.output
+    assert "format:   version 5 (exact prior)" in result.output and "order:    fast" in result.output
 
 
 @pytest.mark.parametrize("suffix, kind", [(".tiff", "TIFF"), (".bmp", "BMP"), (".ppm", "PPM"), (".webp", "WEBP"),
@@ -314,7 +314,7 @@ def test_no_adapt_writes_no_decoder_correction(tmp_path, tiny_model_path):
     default; --no-adapt leaves it out, `info` shows which, and both files decompress."""
     source = tmp_path / "photo.png"
     Image.fromarray(photo_like(96, 128, seed=3)).save(source)
-    for flag, expected in ((), "adapted:  24 bytes"), (("--no-adapt",), "adapted:  none"):
+    for flag, expected in ((), "adapted:  25 bytes, scale per channel"), (("--no-adapt",), "adapted:  none"):
         vqc = tmp_path / f"photo{len(flag)}.vqc"
         assert run("compress", source, "-o", vqc, "--model", tiny_model_path, *flag).exit_code == 0
         info = run("info", vqc)

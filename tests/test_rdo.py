@@ -130,7 +130,7 @@ def test_a_decoder_correction_is_fitted_once_to_the_nearest_codes_and_judges_the
 
     x, _ = to_tensor(photo_like(48, 64, seed=7))
     nearest = codec.vqvae.encode(x)
-    adaptation = adapt.fit(codec.vqvae, nearest, x)[0]
+    adaptation = adapt.fit(codec.vqvae, nearest, x)[0].adaptation
     calls = []
 
     def correction(levels):

@@ -8,8 +8,11 @@ least-squares problem solved in one pass (the idea of VVC's adaptive loop filter
 network's last features). The parameters are rounded to STEP and Rice-coded into the file: 67
 numbers for the bundled models, about 60 bytes; the symbols, and so their bits, do not change.
 
-The encoder sends them only when they buy at least MIN_GAIN_DB_PER_BPP decibels for each bit per
-pixel they cost, so tiny images, where 60 bytes weigh a lot, go without.
+Richer designs (format version 5) give each channel a scale per colour (4 C + 3 numbers) and add a
+3x3 cross-colour filter of the decoded picture (81 more), fitted by least squares too; they pay on
+large images, where their extra bytes weigh little. The encoder sends the design whose gain, less
+its bytes priced at MIN_GAIN_DB_PER_BPP decibels per bit per pixel, is largest, and nothing when
+none pays, so tiny images, where 60 bytes weigh a lot, go without.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from torch import Tensor, nn
 
 from vqcodec.vqvae import VQVAE2, OutputAffine
 
-__all__ = ["Adaptation", "STEP", "MIN_GAIN_DB_PER_BPP", "parameter_count", "fit", "worth_sending", "to_bytes", "from_bytes"]
+__all__ = ["Adaptation", "STEP", "MIN_GAIN_DB_PER_BPP", "parameter_count", "fit", "Fit", "best", "worth_sending", "apply_loop_filter",
+           "to_bytes", "from_bytes", "FILM", "PER_COLOUR", "LOOP_FILTER", "DESIGNS"]
 
 STEP = 2.0 ** -8                 # quantization step of every parameter (scale deltas, shifts, offsets)
 LIMIT = 1 << 12                  # |parameter| <= LIMIT steps: a scale within 1 +- 16
@@ -34,46 +38,97 @@ MAX_RICE_QUOTIENT = 64           # longest unary part a reader accepts (bounds a
 _BAND_PIXELS = 1 << 16           # output pixels per band while fitting: ~100 MB of design matrix
 
 
+FILM = 0            # design: scale and shift per channel, offset per colour (2 C + 3)
+PER_COLOUR = 1      # design flag: a scale per channel and colour instead (4 C + 3)
+LOOP_FILTER = 2     # design flag: then a 3x3 cross-colour filter on the picture (81 more)
+DESIGNS = (FILM, PER_COLOUR, FILM | LOOP_FILTER, PER_COLOUR | LOOP_FILTER)
+FILTER_TAPS = 81    # 3 output colours x 3 input colours x 3 x 3
+
+
 @dataclass(frozen=True)
 class Adaptation:
-    """Integer parameters in STEPs: scale deltas (C), shifts (C), colour offsets (3), in that order."""
+    """Integer parameters in STEPs: scale deltas (C, or 3 C colour by colour with PER_COLOUR),
+    shifts (C), colour offsets (3), then with LOOP_FILTER the filter's 81 taps, in that order."""
 
     values: tuple[int, ...]
+    design: int = FILM
 
     def __post_init__(self) -> None:
-        if len(self.values) < 3 or (len(self.values) - 3) % 2:
-            raise ValueError(f"an adaptation has 2 C + 3 parameters, got {len(self.values)}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"adaptation design must be one of {DESIGNS}, got {self.design!r}")
+        per_channel = len(self.values) - 3 - (FILTER_TAPS if self.filtered else 0)
+        share = 4 if self.per_colour else 2
+        if per_channel < 0 or per_channel % share:
+            raise ValueError(f"this adaptation design has {share} C + 3{' + 81' if self.filtered else ''} "
+                             f"parameters, got {len(self.values)}")
         if any(not isinstance(v, int) or abs(v) > LIMIT for v in self.values):
             raise ValueError(f"adaptation parameters must be ints within +-{LIMIT}")
 
     @property
+    def per_colour(self) -> bool:
+        return bool(self.design & PER_COLOUR)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.design & LOOP_FILTER)
+
+    @property
     def channels(self) -> int:
-        return (len(self.values) - 3) // 2
+        return (len(self.values) - 3 - (FILTER_TAPS if self.filtered else 0)) // (4 if self.per_colour else 2)
 
     def affine(self, device: torch.device | str = "cpu") -> OutputAffine:
-        """The float correction the decoder applies (`VQVAE2.decode(..., affine=)`)."""
+        """The float correction of the last layer (`VQVAE2.decode(..., affine=)`)."""
         v = torch.tensor(self.values, dtype=torch.float32, device=device) * STEP
-        c = self.channels
-        return OutputAffine(scale=1 + v[:c], shift=v[c : 2 * c], offset=v[2 * c :])
+        c, scales = self.channels, (3 if self.per_colour else 1) * self.channels
+        scale = 1 + (v[:scales].view(3, c) if self.per_colour else v[:c])
+        return OutputAffine(scale=scale, shift=v[scales : scales + c], offset=v[scales + c : scales + c + 3])
+
+    def loop_filter(self) -> Tensor | None:
+        """The picture filter's taps (3, 3, 3, 3) as conv2d weights, or None without LOOP_FILTER."""
+        if not self.filtered:
+            return None
+        return (torch.tensor(self.values[-FILTER_TAPS:], dtype=torch.float32) * STEP).view(3, 3, 3, 3)
 
 
-def parameter_count(vqvae: VQVAE2) -> int:
-    """How many parameters an adaptation of this model has."""
-    return 2 * vqvae.last_layer().in_channels + 3
+def parameter_count(vqvae: VQVAE2, design: int = FILM) -> int:
+    """How many parameters an adaptation of this model has in this design."""
+    channels = vqvae.last_layer().in_channels
+    return (4 if design & PER_COLOUR else 2) * channels + 3 + (FILTER_TAPS if design & LOOP_FILTER else 0)
+
+
+def apply_loop_filter(picture: Tensor, adaptation: Adaptation | None) -> Tensor:
+    """picture (1, 3, H, W) plus the adaptation's 3x3 cross-colour filter of it (edges replicated)."""
+    taps = adaptation.loop_filter() if adaptation is not None else None
+    if taps is None:
+        return picture
+    padded = F.pad(picture.float(), (1, 1, 1, 1), mode="replicate")
+    return picture + F.conv2d(padded, taps.to(picture.device))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted adaptation with the mean squared errors of the decoded picture without and with it."""
+
+    adaptation: Adaptation
+    mse_without: float
+    mse_with: float
 
 
 @torch.no_grad()
-def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor) -> tuple[Adaptation, float, float]:
-    """The rounded least-squares adaptation of `symbols`' decoding towards x (1, 3, H, W) in [0, 1].
+def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, designs: tuple[int, ...] = (FILM,)) -> list[Fit]:
+    """The rounded least-squares adaptations of `symbols`' decoding towards x (1, 3, H, W) in [0, 1],
+    one per design, in that order.
 
-    Returns (adaptation, mean squared error of the decoded picture without it, with it); the
-    errors are of the unclamped float pictures, the second after rounding the parameters.
+    One pass over the picture gathers the normal equations of the per-colour design; the FILM
+    design's are a linear map of them (its scale is the same in every colour). A LOOP_FILTER design
+    is then fitted on the picture the other parameters decode to. The errors are of unclamped float
+    pictures, after rounding the parameters.
     """
     layer = vqvae.last_layer()
+    channels = layer.in_channels
     features = vqvae.last_features(symbols).float().cpu()  # the fit runs on the CPU, in float64 sums
     x = x.float().cpu()
-    height, width = x.shape[-2:]
-    count = 2 * layer.in_channels + 3
+    count = 4 * channels + 3
     gram = torch.zeros(count, count, dtype=torch.float64)
     moment = torch.zeros(count, dtype=torch.float64)
     energy = 0.0
@@ -81,28 +136,94 @@ def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor) -> tuple[Adaptation, fl
         gram += design.T @ design
         moment += design.T @ residual
         energy += float(residual @ residual)
-    pixels = 3 * height * width
+    pixels = 3 * x.shape[-2] * x.shape[-1]
+    fits = []
+    for design in designs:
+        values, after = _solve(gram, moment, energy, _restriction(channels, design & PER_COLOUR))
+        adaptation = Adaptation(values, design & PER_COLOUR)
+        if design & LOOP_FILTER:
+            adaptation, after = _with_loop_filter(vqvae, symbols, x, adaptation, design)
+        fits.append(Fit(adaptation, energy / pixels, max(after, 0.0) / pixels))
+    return fits
+
+
+def _restriction(channels: int, per_colour: int) -> Tensor:
+    """(4 C + 3, n) map from a design's parameters to the per-colour design's: the identity, or for
+    FILM its one scale per channel copied to the three colours."""
+    if per_colour:
+        return torch.eye(4 * channels + 3, dtype=torch.float64)
+    restriction = torch.zeros(4 * channels + 3, 2 * channels + 3, dtype=torch.float64)
+    for colour in range(3):
+        restriction[colour * channels : (colour + 1) * channels, :channels] = torch.eye(channels)
+    restriction[3 * channels :, channels:] = torch.eye(channels + 3)
+    return restriction
+
+
+def _solve(gram: Tensor, moment: Tensor, energy: float, restriction: Tensor) -> tuple[tuple[int, ...], float]:
+    """Ridge least squares in the restricted parameters, rounded to STEP: (values, squared error)."""
+    gram, moment = restriction.T @ gram @ restriction, restriction.T @ moment
     ridge = RIDGE * float(gram.diagonal().mean()) + 1e-12
-    solution = torch.linalg.solve(gram + ridge * torch.eye(count, dtype=torch.float64), moment)
+    solution = torch.linalg.solve(gram + ridge * torch.eye(len(moment), dtype=torch.float64), moment)
     values = tuple(int(v) for v in (solution / STEP).round().clamp(-LIMIT, LIMIT).tolist())
     chosen = torch.tensor(values, dtype=torch.float64) * STEP
     # squared error after = |r - A p|^2 = |r|^2 - 2 p.A'r + p.A'A p
-    after = energy - float(2 * chosen @ moment - chosen @ gram @ chosen)
-    return Adaptation(values), energy / pixels, max(after, 0.0) / pixels
+    return values, energy - float(2 * chosen @ moment - chosen @ gram @ chosen)
+
+
+def _with_loop_filter(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, adaptation: Adaptation,
+                      design: int) -> tuple[Adaptation, float]:
+    """The adaptation with a 3x3 cross-colour filter fitted to the picture it decodes to."""
+    device = symbols[0].device
+    picture = vqvae.decode(symbols, size=tuple(x.shape[-2:]), affine=adaptation.affine(device)).float().cpu()
+    taps, after = [], 0.0
+    for colour in range(3):
+        gram = torch.zeros(27, 27, dtype=torch.float64)
+        moment = torch.zeros(27, dtype=torch.float64)
+        energy = 0.0
+        for around, residual in _filter_bands(picture, x, colour):
+            gram += around.T @ around
+            moment += around.T @ residual
+            energy += float(residual @ residual)
+        values, error = _solve(gram, moment, energy, torch.eye(27, dtype=torch.float64))
+        taps += values
+        after += error
+    return Adaptation(adaptation.values + tuple(taps), design), after
+
+
+def _filter_bands(picture: Tensor, x: Tensor, colour: int):
+    """Per band of rows: each pixel's 3x3 neighbourhood in all colours (pixels, 27) and the
+    residual of one colour, float64."""
+    height, width = picture.shape[-2:]
+    padded = F.pad(picture, (1, 1, 1, 1), mode="replicate")
+    band_rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, band_rows):
+        bottom = min(height, top + band_rows)
+        around = F.unfold(padded[..., top : bottom + 2, :], 3)[0].T  # (rows * width, 27)
+        residual = (x[0, colour, top:bottom] - picture[0, colour, top:bottom]).reshape(-1)
+        yield around.double(), residual.double()
 
 
 def worth_sending(adaptation: Adaptation, mse_without: float, mse_with: float, pixels: int) -> bool:
     """Whether the PSNR the adaptation buys pays for its bytes at MIN_GAIN_DB_PER_BPP (pixels: H * W)."""
-    if mse_with >= mse_without:
-        return False
-    gain_db = 10 * math.log10(mse_without / max(mse_with, 1e-12))
-    cost_bpp = 8 * (len(to_bytes(adaptation)) + 2) / pixels  # + the header's length field
-    return gain_db >= MIN_GAIN_DB_PER_BPP * cost_bpp
+    return mse_with < mse_without and _net_gain_db(Fit(adaptation, mse_without, mse_with), pixels) >= 0
+
+
+def best(fits: list[Fit], pixels: int) -> Adaptation | None:
+    """The fitted adaptation whose gain, less its bytes priced at MIN_GAIN_DB_PER_BPP, is largest;
+    None when none pays for itself (pixels: the image's H * W)."""
+    paying = [f for f in fits if worth_sending(f.adaptation, f.mse_without, f.mse_with, pixels)]
+    return max(paying, key=lambda f: _net_gain_db(f, pixels)).adaptation if paying else None
+
+
+def _net_gain_db(fitted: Fit, pixels: int) -> float:
+    gain_db = 10 * math.log10(max(fitted.mse_without, 1e-12) / max(fitted.mse_with, 1e-12))
+    cost_bpp = 8 * (len(to_bytes(fitted.adaptation)) + 2) / pixels  # + the header's length field
+    return gain_db - MIN_GAIN_DB_PER_BPP * cost_bpp
 
 
 def _bands(layer: nn.Module, features: Tensor, x: Tensor):
-    """Per band of feature rows: the design matrix (pixels * 3, 2 C + 3) whose columns are each
-    parameter's effect on the decoded picture, and the residual x - x_hat, real pixels only."""
+    """Per band of feature rows: the per-colour design matrix (pixels * 3, 4 C + 3) whose columns
+    are each parameter's effect on the decoded picture, and the residual x - x_hat, real pixels only."""
     if not isinstance(layer, nn.ConvTranspose2d) or layer.stride[0] != layer.stride[1]:
         raise ValueError("adaptation needs a decoder that ends in a square-stride transposed convolution")
     stride, channels = layer.stride[0], layer.in_channels
@@ -123,10 +244,12 @@ def _bands(layer: nn.Module, features: Tensor, x: Tensor):
         x_hat = scaled.sum(0) + layer.bias.detach().float().cpu().view(3, 1, 1) + 0.5   # (3, h, w)
         residual = (x[0, :, y0 : y0 + last - first, :] - x_hat).reshape(-1)
         n = x_hat[0].numel()
-        offsets = torch.zeros(3 * n, 3)
+        scales, offsets = torch.zeros(3 * n, 3 * channels), torch.zeros(3 * n, 3)
         for colour in range(3):
-            offsets[colour * n : (colour + 1) * n, colour] = 1
-        design = torch.cat([scaled.reshape(channels, -1).T, shifted.reshape(channels, -1).T, offsets], dim=1)
+            part = slice(colour * n, (colour + 1) * n)
+            scales[part, colour * channels : (colour + 1) * channels] = scaled[:, colour].reshape(channels, -1).T
+            offsets[part, colour] = 1
+        design = torch.cat([scales, shifted.reshape(channels, -1).T, offsets], dim=1)
         yield design.double(), residual.double()
 
 
@@ -138,27 +261,40 @@ def channel_contributions(layer: nn.ConvTranspose2d, features: Tensor) -> Tensor
     return out.view(channels, -1, *out.shape[-2:])
 
 
-# ---- bytes: k u8, then Rice codes of the zigzagged parameters, most significant bit first ----------
+# ---- bytes: [design u8], k u8, then Rice codes of the zigzagged parameters, most significant bit first
 
 
-def to_bytes(adaptation: Adaptation) -> bytes:
-    """Rice-code the parameters with the k that gives the fewest bytes."""
+def to_bytes(adaptation: Adaptation, *, with_design: bool = True) -> bytes:
+    """Rice-code the parameters with the k that gives the fewest bytes, after the design byte
+    (format version 5; version 4 had only the FILM design and no design byte)."""
+    if not with_design and adaptation.design != FILM:
+        raise ValueError("only the FILM design can be written without its design byte")
     unsigned = [_zigzag(v) for v in adaptation.values]
     k = min((k for k in range(16) if max(u >> k for u in unsigned) <= MAX_RICE_QUOTIENT),
             key=lambda k: sum((u >> k) + 1 + k for u in unsigned))
     bits: list[int] = []
     for u in unsigned:
         bits += [1] * (u >> k) + [0] + [(u >> i) & 1 for i in reversed(range(k))]
-    return bytes([k]) + np.packbits(np.array(bits, dtype=np.uint8)).tobytes()
+    design = bytes([adaptation.design]) if with_design else b""
+    return design + bytes([k]) + np.packbits(np.array(bits, dtype=np.uint8)).tobytes()
 
 
-def from_bytes(data: bytes, count: int) -> Adaptation:
-    """Read `count` parameters; ValueError names what is wrong with a damaged field."""
+def from_bytes(data: bytes, channels: int, *, with_design: bool = True) -> Adaptation:
+    """Read the adaptation of a model whose last layer reads `channels` channels; ValueError names
+    what is wrong with a damaged field."""
     if not data:
         raise ValueError("adaptation field is empty")
+    design = FILM
+    if with_design:
+        design, data = data[0], data[1:]
+        if design not in DESIGNS:
+            raise ValueError(f"adaptation field has design {design}, not one of {DESIGNS}")
+        if not data:
+            raise ValueError("adaptation field is truncated")
     k = data[0]
     if k >= 16:
         raise ValueError(f"adaptation field has Rice parameter {k}, not 0..15")
+    count = (4 if design & PER_COLOUR else 2) * channels + 3 + (FILTER_TAPS if design & LOOP_FILTER else 0)
     bits = np.unpackbits(np.frombuffer(data[1:], dtype=np.uint8))
     values, at = [], 0
     for _ in range(count):
@@ -175,7 +311,7 @@ def from_bytes(data: bytes, count: int) -> Adaptation:
     if len(bits) - at >= 8 or bits[at:].any():
         raise ValueError("adaptation field has bytes after its parameters")
     try:
-        return Adaptation(tuple(values))
+        return Adaptation(tuple(values), design)
     except ValueError as err:
         raise ValueError(f"adaptation field: {err}") from None
 

@@ -29,14 +29,16 @@ from typing import Iterable, Union
 from vqcodec.errors import BitstreamError
 
 __all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
-           "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
+           "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
-VERSION = 4  # what writers produce; 4: the header can carry a decoder adaptation (vqcodec.adapt)
-# Version 3 is 4 without the adaptation field; version 2 coded with the float32 prior instead of the
-# exact one (vqcodec.exact); version 1 also had the one-position raster schedule.
-READABLE_VERSIONS = (1, 2, 3, 4)
+VERSION = 5  # what writers produce; 5: the adaptation field starts with its design (vqcodec.adapt)
+# Version 4 had the adaptation field with one design and no design byte; version 3 is 4 without the
+# adaptation field; version 2 coded with the float32 prior instead of the exact one (vqcodec.exact);
+# version 1 also had the one-position raster schedule.
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ADAPTATION_VERSION = 4       # the first version with the adaptation field
+DESIGN_VERSION = 5           # the first version whose adaptation field names its design
 MAX_ADAPTATION = 4096        # bytes; the bundled models' adaptations take about 70
 
 MAX_SIDE = 65535                 # image sides and symbol-map sides

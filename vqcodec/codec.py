@@ -48,6 +48,11 @@ Order = Literal["fast", "raster"]
 ORDERS: tuple[str, ...] = ("fast", "raster")
 
 
+# Designs the encoder tries (vqcodec.adapt); the filter is fitted on top of the per-colour scales only,
+# which keeps it to one extra decode.
+ADAPTATION_DESIGNS = (adapt.FILM, adapt.PER_COLOUR, adapt.PER_COLOUR | adapt.LOOP_FILTER)
+
+
 class Symbols(NamedTuple):
     """Symbol maps of one image: per level, bottom first, each (1, h, w) int64 on the CPU, and the
     decoder adaptation the file carries with them (None: decode with the model as it is)."""
@@ -119,14 +124,16 @@ class Codec:
         return Symbols(levels, info, self._adaptation(levels, x, pixels) if adapt_decoder else None)
 
     def _correction(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int) -> OutputAffine | None:
-        adaptation = self._adaptation(levels, x, pixels)
+        # The optimisation differentiates through the last layer's correction only, not the filter.
+        adaptation = self._adaptation(levels, x, pixels, (adapt.FILM, adapt.PER_COLOUR))
         return adaptation.affine(self.device) if adaptation is not None else None
 
-    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int) -> adapt.Adaptation | None:
-        """The decoder adaptation for these symbols of x (coded size), if it is worth its bytes."""
-        adaptation, mse_without, mse_with = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x)
-        fits = len(adapt.to_bytes(adaptation)) <= bitstream.MAX_ADAPTATION
-        return adaptation if fits and adapt.worth_sending(adaptation, mse_without, mse_with, pixels) else None
+    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int,
+                    designs: tuple[int, ...] = ADAPTATION_DESIGNS) -> adapt.Adaptation | None:
+        """The best decoder adaptation for these symbols of x (coded size), if any is worth its bytes."""
+        fits = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x, designs)
+        fits = [f for f in fits if len(adapt.to_bytes(f.adaptation)) <= bitstream.MAX_ADAPTATION]
+        return adapt.best(fits, pixels)
 
     @torch.no_grad()
     def decode(self, symbols: Symbols) -> Image.Image:
@@ -144,16 +151,16 @@ class Codec:
                 raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
         adaptation = symbols.adaptation
         if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation)
-                                       or len(adaptation.values) != adapt.parameter_count(self.vqvae)):
+                                       or adaptation.channels != self.vqvae.last_layer().in_channels):
             raise VQCodecError(f"the adaptation does not fit model {self.name!r} "
-                               f"({adapt.parameter_count(self.vqvae)} parameters)")
+                               f"({adapt.parameter_count(self.vqvae)} parameters in its first design)")
 
     def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
         levels = [s.to(self.device) for s in symbols.levels]
         size = (symbols.info.height, symbols.info.width)
         affine = symbols.adaptation.affine(self.device) if symbols.adaptation is not None else None
         coded = self.vqvae.decode(levels, size=self._coded_size(*size), affine=affine).float().cpu()
-        return resample.resize(coded, size)
+        return resample.resize(adapt.apply_loop_filter(coded, symbols.adaptation), size)
 
     def _coded_size(self, height: int, width: int) -> tuple[int, int]:
         return resample.coded_size(height, width, self.scale)
@@ -226,7 +233,8 @@ class Codec:
         if not header.adaptation:
             return None
         try:
-            return adapt.from_bytes(header.adaptation, adapt.parameter_count(self.vqvae))
+            return adapt.from_bytes(header.adaptation, self.vqvae.last_layer().in_channels,
+                                    with_design=header.version >= bitstream.DESIGN_VERSION)
         except ValueError as err:
             raise BitstreamError(f"{err}: the file is corrupt") from None
 

@@ -126,7 +126,8 @@ class VQVAE2Output(NamedTuple):
 
 class OutputAffine(NamedTuple):
     """A per-image correction of the decoder's output (`vqcodec.adapt`): the last features become
-    features * scale + shift (per channel, (C,) each), then offset (3,) is added to each colour."""
+    features * scale + shift (per channel, (C,) each), then offset (3,) is added to each colour.
+    A scale of shape (3, C) scales each channel's contribution to each colour separately."""
 
     scale: Tensor
     shift: Tensor
@@ -301,8 +302,17 @@ class VQVAE2(nn.Module):
         features = self._last_features(quantized)
         if affine is None:
             return self.decoder[-1](features) + 0.5
-        features = features * affine.scale.view(1, -1, 1, 1) + affine.shift.view(1, -1, 1, 1)
-        return self.decoder[-1](features) + 0.5 + affine.offset.view(1, -1, 1, 1)
+        offset = affine.offset.view(1, -1, 1, 1)
+        if affine.scale.dim() == 1:
+            features = features * affine.scale.view(1, -1, 1, 1) + affine.shift.view(1, -1, 1, 1)
+            return self.decoder[-1](features) + 0.5 + offset
+        # A scale per channel and colour scales the last layer's weights, colour by colour.
+        last = self.decoder[-1]
+        weight = last.weight * affine.scale.t().reshape(*affine.scale.t().shape, 1, 1)
+        shifts = affine.shift.view(1, -1, 1, 1).expand_as(features)
+        out = (F.conv_transpose2d(features, weight, last.bias, last.stride, last.padding, last.output_padding)
+               + F.conv_transpose2d(shifts, last.weight, None, last.stride, last.padding, last.output_padding))
+        return out + 0.5 + offset
 
     def last_layer(self) -> nn.Module:
         """The decoder's last layer: linear in its input, which `vqcodec.adapt` relies on."""
