@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import click
 from click.core import ParameterSource
 
-from vqcodec import bitstream
+from vqcodec import adapt, bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import VQCodecError
 from vqcodec.files import write_atomically
@@ -153,8 +153,9 @@ def info_command(path: Path) -> None:
 
 
 # What each design of the adaptation field (docs/bitstream.md §2.2) corrects, for `info`.
-_DESIGN_NAMES = {0: "scale per channel", 1: "scale per channel and colour",
-                 2: "scale per channel, 3x3 colour filter", 3: "scale per channel and colour, 3x3 colour filter"}
+_DESIGN_NAMES = {adapt.FILM: "scale per channel", adapt.PER_COLOUR: "scale per channel and colour",
+                 adapt.FILM | adapt.LOOP_FILTER: "scale per channel, 3x3 colour filter",
+                 adapt.PER_COLOUR | adapt.LOOP_FILTER: "scale per channel and colour, 3x3 colour filter"}
 
 
 @click.command("models")

@@ -92,7 +92,10 @@ class Adaptation:
 
 def parameter_count(vqvae: VQVAE2, design: int = FILM) -> int:
     """How many parameters an adaptation of this model has in this design."""
-    channels = vqvae.last_layer().in_channels
+    return _count(vqvae.last_layer().in_channels, design)
+
+
+def _count(channels: int, design: int) -> int:
     return (4 if design & PER_COLOUR else 2) * channels + 3 + (FILTER_TAPS if design & LOOP_FILTER else 0)
 
 
@@ -175,32 +178,34 @@ def _with_loop_filter(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, adaptatio
     """The adaptation with a 3x3 cross-colour filter fitted to the picture it decodes to."""
     device = symbols[0].device
     picture = vqvae.decode(symbols, size=tuple(x.shape[-2:]), affine=adaptation.affine(device)).float().cpu()
+    # Every colour's filter reads the same neighbourhoods: one gram, a moment and an energy per colour.
+    gram = torch.zeros(27, 27, dtype=torch.float64)
+    moments = torch.zeros(3, 27, dtype=torch.float64)
+    energies = [0.0] * 3
+    for around, residuals in _filter_bands(picture, x):
+        gram += around.T @ around
+        for colour in range(3):
+            moments[colour] += around.T @ residuals[colour]
+            energies[colour] += float(residuals[colour] @ residuals[colour])
     taps, after = [], 0.0
     for colour in range(3):
-        gram = torch.zeros(27, 27, dtype=torch.float64)
-        moment = torch.zeros(27, dtype=torch.float64)
-        energy = 0.0
-        for around, residual in _filter_bands(picture, x, colour):
-            gram += around.T @ around
-            moment += around.T @ residual
-            energy += float(residual @ residual)
-        values, error = _solve(gram, moment, energy, torch.eye(27, dtype=torch.float64))
+        values, error = _solve(gram, moments[colour], energies[colour], torch.eye(27, dtype=torch.float64))
         taps += values
         after += error
     return Adaptation(adaptation.values + tuple(taps), design), after
 
 
-def _filter_bands(picture: Tensor, x: Tensor, colour: int):
+def _filter_bands(picture: Tensor, x: Tensor):
     """Per band of rows: each pixel's 3x3 neighbourhood in all colours (pixels, 27) and the
-    residual of one colour, float64."""
+    residual of each colour (3, pixels), float64."""
     height, width = picture.shape[-2:]
     padded = F.pad(picture, (1, 1, 1, 1), mode="replicate")
     band_rows = max(1, _BAND_PIXELS // width)
     for top in range(0, height, band_rows):
         bottom = min(height, top + band_rows)
         around = F.unfold(padded[..., top : bottom + 2, :], 3)[0].T  # (rows * width, 27)
-        residual = (x[0, colour, top:bottom] - picture[0, colour, top:bottom]).reshape(-1)
-        yield around.double(), residual.double()
+        residuals = (x[0, :, top:bottom] - picture[0, :, top:bottom]).reshape(3, -1)
+        yield around.double(), residuals.double()
 
 
 def worth_sending(adaptation: Adaptation, mse_without: float, mse_with: float, pixels: int) -> bool:
@@ -294,7 +299,7 @@ def from_bytes(data: bytes, channels: int, *, with_design: bool = True) -> Adapt
     k = data[0]
     if k >= 16:
         raise ValueError(f"adaptation field has Rice parameter {k}, not 0..15")
-    count = (4 if design & PER_COLOUR else 2) * channels + 3 + (FILTER_TAPS if design & LOOP_FILTER else 0)
+    count = _count(channels, design)
     bits = np.unpackbits(np.frombuffer(data[1:], dtype=np.uint8))
     values, at = [], 0
     for _ in range(count):

@@ -150,10 +150,10 @@ class Codec:
             if s.numel() and (int(s.min()) < 0 or int(s.max()) >= size):
                 raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
         adaptation = symbols.adaptation
-        if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation)
-                                       or adaptation.channels != self.vqvae.last_layer().in_channels):
-            raise VQCodecError(f"the adaptation does not fit model {self.name!r} "
-                               f"({adapt.parameter_count(self.vqvae)} parameters in its first design)")
+        if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation) or len(adaptation.values)
+                                       != adapt.parameter_count(self.vqvae, adaptation.design)):
+            raise VQCodecError(f"the adaptation does not fit model {self.name!r} (its design {adaptation.design} has "
+                               f"{adapt.parameter_count(self.vqvae, adaptation.design)} parameters)")
 
     def _reconstruct(self, symbols: Symbols) -> torch.Tensor:
         levels = [s.to(self.device) for s in symbols.levels]

@@ -308,7 +308,7 @@ class VQVAE2(nn.Module):
             return self.decoder[-1](features) + 0.5 + offset
         # A scale per channel and colour scales the last layer's weights, colour by colour.
         last = self.decoder[-1]
-        weight = last.weight * affine.scale.t().reshape(*affine.scale.t().shape, 1, 1)
+        weight = last.weight * affine.scale.t()[:, :, None, None]  # (C, 3, k, k) times (C, 3)
         shifts = affine.shift.view(1, -1, 1, 1).expand_as(features)
         out = (F.conv_transpose2d(features, weight, last.bias, last.stride, last.padding, last.output_padding)
                + F.conv_transpose2d(shifts, last.weight, None, last.stride, last.padding, last.output_padding))
