@@ -299,7 +299,11 @@ class VQVAE2(nn.Module):
         """Quantized maps per level (bottom first) -> padded x_hat (B, 3, H', W') in image range.
 
         affine: a per-image correction of the last features and colours (`vqcodec.adapt`)."""
-        features = self._last_features(quantized)
+        return self.last_layer_output(self._last_features(quantized), affine)
+
+    def last_layer_output(self, features: Tensor, affine: OutputAffine | None = None) -> Tensor:
+        """The decoder's last layer: last features (B, C, h, w) -> padded x_hat (B, 3, H', W') in
+        image range, with the per-image correction `affine` (`vqcodec.adapt`) if given."""
         if affine is None:
             return self.decoder[-1](features) + 0.5
         offset = affine.offset.view(1, -1, 1, 1)
