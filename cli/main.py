@@ -26,3 +26,4 @@ def _one_line(message: Warning | str, category: type[Warning], *_: object, **__:
 for _command in (compress_command, decompress_command, info_command, models_command,
                  train_command, train_prior_command, train_decoder_command, bench_command):
     app.add_command(_command)
+app.add_command(bench_command, "evaluate")  # the same command under the name users of other toolkits look for

@@ -12,6 +12,7 @@ from PIL import Image
 
 from vqcodec import bdrate, peers, rd
 from vqcodec.cli.bench import bench_command
+from vqcodec.cli.main import app
 
 REFERENCE = Path(__file__).parents[1] / "benchmarks" / "reference"
 
@@ -161,10 +162,12 @@ def test_pillow_peers_and_files(tiny_images: Path, tmp_path: Path):
     assert {p.name for p in out.glob("rd-*")} == {"rd-psnr.png", "rd-psnr.svg", "rd-ms-ssim.png", "rd-ms-ssim.svg"}
 
 
-def test_bench_command_end_to_end(tiny_images: Path, tmp_path: Path):
+@pytest.mark.parametrize("name", ["bench", "evaluate"])
+def test_bench_command_end_to_end(tiny_images: Path, tmp_path: Path, name: str):
+    """`vqcodec bench` measures and writes results; `vqcodec evaluate` is the same command."""
     out = tmp_path / "cli"
-    result = CliRunner().invoke(bench_command, ["--data", str(tiny_images), "--codec", "jpeg", "--out", str(out),
-                                                "--no-progress"])
+    result = CliRunner().invoke(app, [name, "--data", str(tiny_images), "--codec", "jpeg", "--out", str(out),
+                                      "--no-progress"])
     assert result.exit_code == 0, result.output
     assert rd.read_results(out / "jpeg.json")["results"]["bpp"]
 
