@@ -11,7 +11,7 @@ from PIL import Image, ImageCms, ImageFile
 
 from conftest import DISPLAY_P3, photo_like, rgb_icc_profile
 from vqcodec.errors import ImageError
-from vqcodec.image import ImageInfo, open_image, to_pil, to_tensor
+from vqcodec.image import ImageInfo, open_image, to_pil, to_tensor, to_uint8
 
 
 def test_rgb_array_round_trips_exactly():
@@ -52,7 +52,7 @@ def test_tensor_input_is_quantized_to_8_bits():
         (np.zeros((4, 4, 2), dtype=np.uint8), "shape"),
         (np.zeros((4, 4, 4), dtype=np.uint8), "transparency"),
         (Image.new("I;16", (4, 4)), "16-bit"),
-        (Image.new("CMYK", (4, 4)), "CMYK"),
+        (Image.new("LA", (4, 4)), "'LA' is not supported"),
         (torch.zeros(2, 3, 4, 4), "shape"),
         (torch.full((3, 4, 4), float("nan")), "NaN"),
         (42, "unsupported input type"),
@@ -171,3 +171,25 @@ def test_a_transparent_colour_key_is_refused_in_a_profiled_image_too(tmp_path):
     Image.fromarray(pixels).save(path, transparency=(10, 20, 30), icc_profile=rgb_icc_profile("P3", DISPLAY_P3))
     with pytest.raises(ImageError, match="transparency"):
         to_tensor(open_image(path))
+
+
+@pytest.mark.parametrize("icc", [None, b"not a colour profile"])
+def test_cmyk_is_coded_in_rgb(tmp_path, icc):
+    """A CMYK JPEG without a (readable) profile goes to RGB by Pillow's conversion and comes back as RGB."""
+    cmyk = Image.fromarray(np.random.default_rng(4).integers(0, 256, (12, 10, 4), dtype=np.uint8), "CMYK")
+    path = tmp_path / "print.jpg"
+    cmyk.save(path, quality=95, **({"icc_profile": icc} if icc else {}))
+    x, info = to_tensor(path)
+    assert info == ImageInfo("RGB", 12, 10)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(to_uint8(x), expected)
+
+
+def test_only_the_first_frame_of_an_animation_is_coded_and_that_is_said(tmp_path):
+    frames = [Image.new("RGB", (8, 6), colour) for colour in ("red", "blue", "green")]
+    path = tmp_path / "moving.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="3 frames; only the first is coded"):
+        x, info = to_tensor(path)
+    assert info == ImageInfo("RGB", 6, 8)
+    assert to_uint8(x)[0, 0].tolist() == [255, 0, 0]

@@ -2,15 +2,18 @@
 
 Inside the library every image is a float32 tensor (1, 3, H, W) in [0, 1]. This module decides
 which inputs are accepted, converts them, and remembers the original mode so that decoding gives
-back what was given: 8-bit grayscale ("L"), RGB, and RGBA whose alpha is fully opaque. Everything
-else (16-bit, float, translucent alpha, CMYK, empty images) is refused with an ImageError rather
-than silently changed.
+back what was given: 8-bit grayscale ("L"), RGB, and RGBA whose alpha is fully opaque. Palette
+and CMYK images are converted to RGB and come back as RGB. Everything else (16-bit, float,
+translucent alpha, empty images) is refused with an ImageError rather than silently changed. Of a
+file with several frames (an animated GIF, a multi-page TIFF) the first is coded, with a warning.
 
 Colour: the models were trained on sRGB photos and decoded PNGs carry no colour profile, so an
 RGB image with an embedded ICC profile other than sRGB (a phone's Display P3, Adobe RGB) is
 converted to sRGB (relative colorimetric, littleCMS through Pillow's ImageCms) before coding;
 otherwise its colours would be shown as sRGB after decoding, visibly wrong. A profile that cannot
 be read, or that describes another colour space than the pixels', is ignored, as viewers do.
+A CMYK image (a print-workflow JPEG) goes to sRGB through its embedded CMYK profile, or without
+one by Pillow's conversion.
 """
 
 from __future__ import annotations
@@ -63,14 +66,18 @@ def open_image(path: str | Path | BinaryIO) -> Image.Image:
                 _check_size(ImageInfo(img.mode, img.height, img.width))
                 if any(";16" in _raw_mode(tile) for tile in img.tile) and img.mode in ("RGB", "RGBA"):
                     raise ImageError(f"16-bit {img.mode} images are not supported: vqcodec codes 8-bit images")
+                frames = getattr(img, "n_frames", 1)  # before load: counting seeks through the file
                 img.load()
-                return ImageOps.exif_transpose(img)
+                image = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except _READ_ERRORS as err:
         raise ImageError(f"not a readable image ({err})") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"image too large ({err})") from None
+    if frames > 1:
+        warnings.warn(f"the file holds {frames} frames; only the first is coded", stacklevel=2)
+    return image
 
 
 def _raw_mode(tile: object) -> str:
@@ -141,6 +148,8 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
         mode = image.mode
     if mode == "1":
         image, mode = image.convert("L"), "L"
+    if mode == "CMYK":
+        image, mode = _cmyk_in_srgb(image), "RGB"
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
     if mode not in ("RGB", "L", "RGBA"):
@@ -156,7 +165,7 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
 
 def _in_srgb(image: Image.Image) -> Image.Image:
     """An RGB(A) image with its embedded ICC profile applied: its colours in sRGB, alpha kept."""
-    source = _rgb_profile(image.info.get("icc_profile"))
+    source = _embedded_profile(image.info.get("icc_profile"), "RGB")
     if source is None:
         return image
     rgb = ImageCms.profileToProfile(image.convert("RGB"), source, _srgb_profile(),
@@ -166,15 +175,25 @@ def _in_srgb(image: Image.Image) -> Image.Image:
     return rgb
 
 
-def _rgb_profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
-    """The embedded profile if it is a readable RGB profile that is not sRGB itself, else None."""
+def _cmyk_in_srgb(image: Image.Image) -> Image.Image:
+    """A CMYK image in sRGB: through its embedded CMYK profile, else Pillow's formula (no profile to go by)."""
+    source = _embedded_profile(image.info.get("icc_profile"), "CMYK")
+    if source is None:
+        return image.convert("RGB")
+    return ImageCms.profileToProfile(image, source, _srgb_profile(),
+                                     renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB")
+
+
+def _embedded_profile(icc: bytes | None, space: str) -> ImageCms.ImageCmsProfile | None:
+    """The embedded profile if it is a readable profile of this colour space ("RGB", "CMYK") and not
+    sRGB itself, else None."""
     if not icc:
         return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     except (ImageCms.PyCMSError, OSError, ValueError):
         return None  # unreadable: viewers show such images as sRGB, so do we
-    if profile.profile.xcolor_space.strip() != "RGB":
+    if profile.profile.xcolor_space.strip() != space:
         return None
     if "srgb" in (profile.profile.profile_description or "").lower():
         return None  # already sRGB: a conversion could only add rounding
