@@ -197,7 +197,10 @@ def _with_loop_filter(vqvae: VQVAE2, features: Tensor, x: Tensor, adaptation: Ad
     """The adaptation with a 3x3 cross-colour filter fitted to the picture it decodes to (from the
     decoder's last features, so the decoder does not run again)."""
     affine = adaptation.affine(features.device)
-    picture = vqvae.last_layer_output(features, affine)[..., : x.shape[-2], : x.shape[-1]].float().cpu()
+    height, width = x.shape[-2:]
+    # Band by band, like the fit, so the layer's temporaries stay small on large images.
+    picture = torch.cat([vqvae.last_layer_output(band, affine)[..., first:last, :width].float().cpu()
+                         for band, first, last, _ in _feature_bands(vqvae.last_layer(), features, height)], dim=-2)
     # Every colour's filter reads the same neighbourhoods: one gram, a moment and an energy per colour.
     gram = torch.zeros(27, 27, dtype=torch.float64)
     moments = torch.zeros(3, 27, dtype=torch.float64)
@@ -246,26 +249,33 @@ def _net_gain_db(fitted: Fit, pixels: int) -> float:
     return gain_db - MIN_GAIN_DB_PER_BPP * cost_bpp
 
 
-def _bands(layer: nn.Module, features: Tensor, x: Tensor):
-    """Per band of feature rows, real pixels only: each channel's contribution to each colour,
-    scaled (C, 3, n) and as a unit shift (C, 3, n), and the residual x - x_hat (3, n)."""
+def _feature_bands(layer: nn.Module, features: Tensor, height: int):
+    """Bands of about _BAND_PIXELS output pixels: (band, first, last, y0), where the last layer on
+    `band` (feature rows with the layer's reach on each side) gives output rows first:last, which
+    are the picture's rows y0 : y0 + last - first (real rows only, up to `height`)."""
     if not isinstance(layer, nn.ConvTranspose2d) or layer.stride[0] != layer.stride[1]:
         raise ValueError("adaptation needs a decoder that ends in a square-stride transposed convolution")
-    stride, channels = layer.stride[0], layer.in_channels
+    stride = layer.stride[0]
     reach = -(-layer.kernel_size[0] // stride)  # feature rows on each side an output row can read
-    height, width = x.shape[-2:]
     rows = features.shape[-2]
     band_rows = max(1, _BAND_PIXELS // (stride * stride * features.shape[-1]))
-    bias = layer.bias.detach().float().cpu().view(3, 1, 1)
-    unit_shifts: dict[tuple[int, ...], Tensor] = {}  # a unit shift's contributions depend on the band's shape only
     for top in range(0, rows, band_rows):
         lo, hi = max(0, top - reach), min(rows, top + band_rows + reach)
-        band = features[..., lo:hi, :]
         first, last = (top - lo) * stride, (min(rows, top + band_rows) - lo) * stride
         y0 = top * stride
         last = min(last, first + height - y0)
         if last <= first:
             break
+        yield features[..., lo:hi, :], first, last, y0
+
+
+def _bands(layer: nn.Module, features: Tensor, x: Tensor):
+    """Per band of feature rows, real pixels only: each channel's contribution to each colour,
+    scaled (C, 3, n) and as a unit shift (C, 3, n), and the residual x - x_hat (3, n)."""
+    channels, (height, width) = layer.in_channels, x.shape[-2:]
+    bias = layer.bias.detach().float().cpu().view(3, 1, 1)
+    unit_shifts: dict[tuple[int, ...], Tensor] = {}  # a unit shift's contributions depend on the band's shape only
+    for band, first, last, y0 in _feature_bands(layer, features, height):
         scaled = channel_contributions(layer, band)[..., first:last, :width]              # (C, 3, h, w)
         if band.shape not in unit_shifts:
             unit_shifts[band.shape] = channel_contributions(layer, torch.ones_like(band))
