@@ -168,8 +168,7 @@ def _in_srgb(image: Image.Image) -> Image.Image:
     source = _embedded_profile(image.info.get("icc_profile"), "RGB")
     if source is None:
         return image
-    rgb = ImageCms.profileToProfile(image.convert("RGB"), source, _srgb_profile(),
-                                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB")
+    rgb = _through_profile(image.convert("RGB"), source)
     if image.mode == "RGBA":
         rgb.putalpha(image.getchannel("A"))
     return rgb
@@ -180,6 +179,11 @@ def _cmyk_in_srgb(image: Image.Image) -> Image.Image:
     source = _embedded_profile(image.info.get("icc_profile"), "CMYK")
     if source is None:
         return image.convert("RGB")
+    return _through_profile(image, source)
+
+
+def _through_profile(image: Image.Image, source: ImageCms.ImageCmsProfile) -> Image.Image:
+    """The image's colours, described by `source`, converted to sRGB (relative colorimetric): an RGB image."""
     return ImageCms.profileToProfile(image, source, _srgb_profile(),
                                      renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB")
 
