@@ -20,7 +20,6 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import vqcodec
@@ -48,29 +47,11 @@ def trajectory(codec: vqcodec.Codec, path: Path, steps: int, lr: float, schedule
         return rdo._distortion(vqvae, symbols, x, affine) + weight * bits / pixels
 
     costs = [start_mse + weight * start_bits / pixels]
-    vectors = [z.detach().clone().requires_grad_(True) for z in vectors]
-    optimizer = rdo.Adam(vectors, lr=lr)
-    temperatures: list[float] = []
-    with torch.enable_grad():
-        for step in range(steps):  # the loop of rdo._optimized, with a learning-rate schedule
-            found = [q.nearest_k(z, min(rdo.CANDIDATES, q.codebook_size)) for q, z in zip(quantizers, vectors)]
-            candidates = [indices for indices, _ in found]
-            symbols = [c[:, 0] for c in candidates]
-            if step == 0:
-                temperatures = [rdo.TEMPERATURE * rdo._mean_gap(d) for _, d in found]
-            if step and step % rdo.REFRESH == 0:
-                lengths = rdo.CodeLengths(prior, symbols, "fast", x.device)
-            decoded = vqvae.decode_vectors(rdo._straight_through(quantizers, vectors, symbols), x.shape[-2:], affine)
-            rate = sum(rdo._soft_bits(q, z, lengths.at(level, c), c, t)
-                       for level, (q, z, c, t) in enumerate(zip(quantizers, vectors, candidates, temperatures)))
-            loss = F.mse_loss(decoded, x) + weight * rate / pixels
-            if schedule == "cosine":
-                optimizer.lr = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            elif schedule == "linear":
-                optimizer.lr = lr * (1 - step / steps)
-            optimizer.step(torch.autograd.grad(loss, vectors))
-            with torch.no_grad():
-                costs.append(cost([q.nearest(z) for q, z in zip(quantizers, vectors)]))
+    schedules = {"constant": lambda step: lr, "cosine": lambda step: lr * 0.5 * (1 + math.cos(math.pi * step / steps)),
+                 "linear": lambda step: lr * (1 - step / steps)}
+    for vectors in rdo.descent(vqvae, prior, x, vectors, lengths, "fast", steps, weight, affine, schedules[schedule]):
+        with torch.no_grad():
+            costs.append(cost([q.nearest(z) for q, z in zip(quantizers, vectors)]))
     return [c / costs[0] for c in costs]
 
 

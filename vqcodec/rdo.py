@@ -24,7 +24,7 @@ quantization and an autoregressive prior.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -106,14 +106,30 @@ def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tenso
     """The optimisation proper on one image (or tile): `vectors` and their `nearest` codes are its latents."""
     quantizers = list(vqvae.quantizers)
     pixels = x.shape[-2] * x.shape[-1]
-    temperatures: list[float] = []
     lengths = CodeLengths(prior, nearest, order, x.device)
     start_mse, start_bits = _distortion(vqvae, nearest, x, affine), lengths.total(nearest)
     weight = RATE_WEIGHT * start_mse / max(start_bits / pixels, 1e-9)  # this image's exchange rate
+    for moved in descent(vqvae, prior, x, vectors, lengths, order, steps, weight, affine):
+        vectors = moved
+    final = [q.nearest(z) for q, z in zip(quantizers, vectors)]
+    final_bits = CodeLengths(prior, final, order, x.device).total(final)
+    final_cost = _distortion(vqvae, final, x, affine) + weight * final_bits / pixels
+    return final if final_cost < start_mse + weight * start_bits / pixels else nearest
+
+
+def descent(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor], lengths: CodeLengths,
+            order: str, steps: int, weight: float, affine: OutputAffine | None = None,
+            learning_rate: Callable[[int], float] | None = None) -> Iterator[list[Tensor]]:
+    """The Adam steps on copies of `vectors`, yielding them after each step (the same tensors,
+    updated in place). `lengths`: the code lengths of their nearest codes; `weight`: the exchange
+    rate of bits for squared error; `learning_rate(step)`: a schedule (default: LEARNING_RATE)."""
+    quantizers = list(vqvae.quantizers)
+    pixels = x.shape[-2] * x.shape[-1]
+    temperatures: list[float] = []
     vectors = [z.detach().clone().requires_grad_(True) for z in vectors]
     optimizer = Adam(vectors, lr=LEARNING_RATE)
-    with torch.enable_grad():
-        for step in range(steps):
+    for step in range(steps):
+        with torch.enable_grad():
             found = [q.nearest_k(z, min(CANDIDATES, q.codebook_size)) for q, z in zip(quantizers, vectors)]
             candidates = [indices for indices, _ in found]
             symbols = [c[:, 0] for c in candidates]
@@ -125,11 +141,10 @@ def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tenso
             rate = sum(_soft_bits(q, z, lengths.at(level, c), c, t)
                        for level, (q, z, c, t) in enumerate(zip(quantizers, vectors, candidates, temperatures)))
             loss = F.mse_loss(decoded, x) + weight * rate / pixels
+            if learning_rate is not None:
+                optimizer.lr = learning_rate(step)
             optimizer.step(torch.autograd.grad(loss, vectors))  # the weights get no gradient
-    final = [q.nearest(z) for q, z in zip(quantizers, vectors)]
-    final_bits = CodeLengths(prior, final, order, x.device).total(final)
-    final_cost = _distortion(vqvae, final, x, affine) + weight * final_bits / pixels
-    return final if final_cost < start_mse + weight * start_bits / pixels else nearest
+        yield vectors
 
 
 class Adam:
