@@ -11,6 +11,9 @@
 #     mkdir -p data && cp -r ../shared/data/train data/
 # Then, with the device tool:
 #     run(command="bash benchmarks/device_job.sh vqc-4 20 8", carry=["data"], timeout_s=590)
+# A stronger autoencoder than the recipe's (any VQVAE2Config field, JSON; the 16 MB budget then
+# needs the VQ-VAEs in 8 bits, package_models.py --int8-vqvae):
+#     run(command="VQVAE_CONFIG='{\"channels\": 128, \"res_channels\": 64}' bash benchmarks/device_job.sh vqc-4 20 8", ...)
 # Dry run on this CPU (tiny budget, checks the plumbing, not the result):
 #     OUT=/tmp/out DEVICE=cpu bash benchmarks/device_job.sh vqc-4 0.01 0.6
 # Afterwards: benchmarks/package_models.py on the returned model.safetensors, then the Kodak
@@ -42,11 +45,14 @@ for stage in vqvae prior decoder; do
   case $stage in vqvae) part=0.5 ;; prior) part=0.35 ;; decoder) part=0.15 ;; esac
   echo "== $stage: at most $(share $part) minutes" | tee -a "$out/job.log"
   "$python" benchmarks/train_family.py "$name" --out "$runs" --device "$device" --workers "$workers" \
-    --scale "$scale" --stage "$stage" --max-minutes "$(share $part)" 2>&1 | tee -a "$out/job.log" | tail -n 3
+    --scale "$scale" --stage "$stage" --max-minutes "$(share $part)" --vqvae-config "${VQVAE_CONFIG:-{\}}" 2>&1 | tee -a "$out/job.log" | tail -n 3
 done
 
-cp "$runs/prior/model.safetensors" "$out/model.safetensors"
-if [ -f "$runs/decoder/model.safetensors" ]; then cp "$runs/decoder/model.safetensors" "$out/decoder.safetensors"; fi
+# In fp16, so that a wider VQ-VAE's files stay under the 16 MiB a returned file may have.
+"$python" benchmarks/half_weights.py "$runs/prior/model.safetensors" "$out/model.safetensors"
+if [ -f "$runs/decoder/model.safetensors" ]; then
+  "$python" benchmarks/half_weights.py "$runs/decoder/model.safetensors" "$out/decoder.safetensors"
+fi
 for log in "$runs"/*/*log.jsonl; do
   if [ -f "$log" ]; then cp "$log" "$out/$(basename "$log")"; fi
 done

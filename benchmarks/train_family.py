@@ -1,15 +1,20 @@
 """Train one bundled model from its recipe: VQ-VAE-2, its PixelCNN prior, then the decoder stage.
 
     python benchmarks/train_family.py vqc-3 --out runs/vqc-3 [--threads 1] [--scale 1.0] [--device auto]
+    python benchmarks/train_family.py vqc-4 --out runs/vqc-4w --vqvae-config '{"channels": 128, "res_channels": 64}'
 
 Writes runs/<name>/vqvae/..., runs/<name>/prior/model.safetensors (VQ-VAE + prior) and, for recipes
 with a decoder stage, runs/<name>/decoder/model.safetensors (same symbols, fine-tuned decoder); resumable:
 rerun the same command to continue after a stop (`max_minutes` chunks on a lent GPU).
+--vqvae-config changes the recipe's VQ-VAE (any `VQVAE2Config` field, as JSON): the stronger
+autoencoder a GPU budget can train, with the recipe's stages, crops and step counts otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -35,10 +40,12 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=None, help="override the recipe's prior steps")
     parser.add_argument("--init-prior", default=None,
                         help="start the prior from this model file's prior (e.g. the shipped one after a VQ-VAE refine)")
+    parser.add_argument("--vqvae-config", type=json.loads, default={},
+                        help='JSON of VQVAE2Config fields that replace the recipe\'s, e.g. \'{"channels": 128}\'')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = recipes.get(args.name)
+    recipe = _with_vqvae(recipes.get(args.name), args.vqvae_config, parser)
     common = dict(data=args.data, batch_size=recipe.batch_size, lr=recipe.lr,
                   warmup_steps=recipe.warmup_steps, num_workers=args.workers, device=args.device,
                   max_minutes=args.max_minutes, resume=True, log_every=50, val_every=500, ckpt_every=200)
@@ -57,6 +64,17 @@ def main() -> None:
                                          steps=int(stage.steps * args.scale),
                                          crop=stage.crop, **{**common, "batch_size": stage.batch_size, "lr": stage.lr,
                                                              "warmup_steps": stage.warmup_steps}))
+
+
+def _with_vqvae(recipe: recipes.Recipe, fields: dict, parser: argparse.ArgumentParser) -> recipes.Recipe:
+    """The recipe with its VQ-VAE's fields replaced; a parser error names a field that does not exist."""
+    known = {f.name for f in dataclasses.fields(recipe.vqvae)}
+    if not isinstance(fields, dict) or set(fields) - known:
+        parser.error(f"--vqvae-config takes a JSON object of {', '.join(sorted(known))}")
+    try:
+        return dataclasses.replace(recipe, vqvae=dataclasses.replace(recipe.vqvae, **fields))
+    except (TypeError, ValueError) as err:
+        parser.error(f"--vqvae-config: {err}")
 
 
 def _train_vqvae_stages(recipe: recipes.Recipe, out: Path, scale: float, common: dict) -> Path:
