@@ -74,7 +74,7 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
     failures = _Failures()
     for src, dst in _progress(_pairs(inputs, output, ".vqc")):
         try:
-            _refuse_overwrite(dst, force)
+            _refuse_overwrite(src, dst, force)
             image = open_image(io.BytesIO(_read_stdin()) if src == STDIO else src)
             with _TileBar(src) as bar:
                 if choose is not None:
@@ -110,7 +110,7 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
         _output_format(dst)  # a format it cannot write is refused before any decoding
     for src, dst in _progress(pairs):
         try:
-            _refuse_overwrite(dst, force)
+            _refuse_overwrite(src, dst, force)
             data = _read(src)
             codec = given or cached_codec(resolve_recorded(bitstream.read_header(data).model_name), device)
             image = codec.decompress(data)
@@ -298,12 +298,16 @@ class _TileBar:
             self.bar.close()
 
 
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    """Existing files need --force; /dev/null and other non-files are written to, not overwritten."""
+def _refuse_overwrite(src: Path, path: Path, force: bool) -> None:
+    """Existing files need --force, and no output may replace its own input (not even with --force:
+    `decompress photo.png` would name photo.png as its output); /dev/null and other non-files are
+    written to, not overwritten."""
     if path == STDIO:
         if sys.stdout.isatty():  # as gzip does: binary data would garble the terminal
             raise VQCodecError("refusing to write binary data to a terminal; redirect it or give -o a file")
         return
+    if src != STDIO and src.exists() and path.exists() and os.path.samefile(src, path):
+        raise VQCodecError("the output would be written over the input itself; give -o another name")
     if path.is_file() and not force:
         raise VQCodecError(f"output {path} exists (use --force to overwrite)")
 

@@ -322,3 +322,17 @@ def test_no_adapt_writes_no_decoder_correction(tmp_path, tiny_model_path):
         result = run("decompress", vqc, "-o", tmp_path / f"back{len(flag)}.png", "--model", tiny_model_path)
         assert result.exit_code == 0, result.output
     assert (tmp_path / "photo0.vqc").stat().st_size > (tmp_path / "photo1.vqc").stat().st_size
+
+
+def test_no_output_replaces_its_own_input_even_with_force(tmp_path, image_file, tiny_model_path):
+    original = image_file.read_bytes()
+    link = tmp_path / "link.vqc"
+    link.symlink_to(image_file)
+    for args in [("compress", image_file, "-o", image_file, "--force"),  # a photo written over by its .vqc
+                 ("compress", image_file, "-o", link, "--force"),  # the same file under another name
+                 ("decompress", image_file, "--force")]:  # photo.png's default output is photo.png
+        result = run(*args, "--model", tiny_model_path)
+        assert result.exit_code == 1, args
+        assert result.output.strip() == f"error: {image_file}: the output would be written over the input itself; " \
+                                        "give -o another name", result.output
+        assert image_file.read_bytes() == original
