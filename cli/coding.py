@@ -16,10 +16,11 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import click
 from click.core import ParameterSource
+from PIL import Image
 
 from vqcodec import adapt, bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
-from vqcodec.errors import VQCodecError
+from vqcodec.errors import ImageError, VQCodecError
 from vqcodec.files import write_atomically
 from vqcodec.image import ImageLike, open_image
 from vqcodec.models import DEFAULT, RESAMPLED, list_models, model_card, resolve_recorded
@@ -75,7 +76,7 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
     for src, dst in _progress(_pairs(inputs, output, ".vqc")):
         try:
             _refuse_overwrite(src, dst, force)
-            image = open_image(io.BytesIO(_read_stdin()) if src == STDIO else src)
+            image = _open_input(src)
             with _TileBar(src) as bar:
                 if choose is not None:
                     name, data = choose(image, bar)
@@ -330,6 +331,20 @@ def _with_open(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def _shown(path: Path, stream: str) -> str:
     return stream if path == STDIO else str(path)
+
+
+def _open_input(src: Path) -> Image.Image:
+    """The image to compress; a .vqc file given by mistake is named as such."""
+    data = _read_stdin() if src == STDIO else None
+    try:
+        return open_image(src if data is None else io.BytesIO(data))
+    except ImageError:
+        if data is None and src.is_file():
+            with open(src, "rb") as f:
+                data = f.read(len(bitstream.MAGIC))
+        if data is not None and data.startswith(bitstream.MAGIC):
+            raise ImageError("a .vqc file, not an image: `vqcodec decompress` turns it back into one") from None
+        raise
 
 
 def _read_stdin() -> bytes:

@@ -336,3 +336,15 @@ def test_no_output_replaces_its_own_input_even_with_force(tmp_path, image_file, 
         assert result.output.strip() == f"error: {image_file}: the output would be written over the input itself; " \
                                         "give -o another name", result.output
         assert image_file.read_bytes() == original
+
+
+def test_a_vqc_file_given_to_compress_is_named_as_one(tmp_path, image_file, tiny_model_path):
+    vqc = tmp_path / "photo.vqc"
+    assert run("compress", image_file, "-o", vqc, "--model", tiny_model_path).exit_code == 0
+    message = "a .vqc file, not an image: `vqcodec decompress` turns it back into one"
+    result = run("compress", vqc, "-o", tmp_path / "again.vqc", "--model", tiny_model_path)
+    assert result.exit_code == 1 and result.output.strip() == f"error: {vqc}: {message}"
+    piped = CliRunner().invoke(app, ["compress", "-", "-o", str(tmp_path / "piped.vqc"), "--model",
+                                     str(tiny_model_path)], input=vqc.read_bytes())
+    assert piped.exit_code == 1 and message in piped.output
+    assert not (tmp_path / "again.vqc").exists() and not (tmp_path / "piped.vqc").exists()
