@@ -22,7 +22,7 @@ from vqcodec import adapt, bitstream
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import ImageError, VQCodecError
 from vqcodec.files import write_atomically
-from vqcodec.image import ImageLike, open_image
+from vqcodec.image import ALPHA_PNG, ALPHA_WEBP, ImageLike, open_image
 from vqcodec.models import DEFAULT, RESAMPLED, list_models, model_card, resolve_recorded
 from vqcodec.rate_control import compress_at_slope, compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
@@ -151,6 +151,9 @@ def info_command(path: Path) -> None:
         if header.adaptation and header.version >= bitstream.DESIGN_VERSION:
             adapted += f", {_DESIGN_NAMES.get(header.adaptation[0], f'unknown design {header.adaptation[0]}')}"
         click.echo(f"adapted:  {adapted} (per-image decoder correction)")
+    if header.alpha:
+        coding = {ALPHA_PNG: "PNG", ALPHA_WEBP: "WebP lossless"}.get(header.alpha[0], "unknown coding")
+        click.echo(f"alpha:    {len(header.alpha)} bytes ({coding}, exact)")
 
 
 # What each design of the adaptation field (docs/bitstream.md §2.2) corrects, for `info`.

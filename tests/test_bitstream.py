@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vqcodec.bitstream import (MAGIC, MAX_ADAPTATION, MAX_PIXELS, MAX_SYMBOLS, VERSION, Header, pack, read_header,
+from vqcodec.bitstream import (ALPHA_VERSION, MAGIC, MAX_ADAPTATION, MAX_PIXELS, MAX_SYMBOLS, NEWEST, VERSION, Header, pack, read_header,
                                symbols_checksum, unpack)
 from vqcodec.errors import BitstreamError
 
@@ -158,7 +158,7 @@ def test_writers_produce_only_the_current_version() -> None:
     with pytest.raises(ValueError, match="version"):
         pack(make_header(version=1), CHUNKS)
     with pytest.raises(ValueError, match="version"):
-        make_header(version=VERSION + 1)
+        make_header(version=NEWEST + 1)
 
 
 # --- corrupt files ----------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_random_bodies_with_valid_crc_raise_or_are_canonical() -> None:
 
 HOSTILE = {
     "version 0": (3, "<B", 0, "version"),
-    "newer version": (3, "<B", VERSION + 1, "newer"),
+    "newer version": (3, "<B", NEWEST + 1, "newer"),
     "unknown flag": (4, "<B", 0x80, "flags"),
     "unknown mode": (5, "<B", 2, "mode"),
     "zero width": (6, "<H", 0, "width"),
@@ -300,3 +300,70 @@ def test_pack_refuses_wrong_chunks() -> None:
         pack(make_header(), CHUNKS[:1])
     with pytest.raises(ValueError):
         pack("not a header", CHUNKS)  # type: ignore[arg-type]
+
+
+# --- the alpha field (version 6) -------------------------------------------------------------
+
+ALPHA = b"\x01" + bytes(range(40))  # the bitstream layer does not interpret it
+ALPHA_LENGTH = LENGTHS + 12 + 2  # after the symbols CRC and an empty adaptation field
+
+
+def alpha_file(alpha: bytes = ALPHA) -> bytes:
+    return pack(make_header(mode="RGBA", alpha=alpha), CHUNKS)
+
+
+def test_an_alpha_plane_makes_a_version_6_file_and_counts_in_its_size() -> None:
+    header = make_header(mode="RGBA", alpha=ALPHA)
+    assert header.version == ALPHA_VERSION == 6 and make_header(mode="RGBA").version == VERSION == 5
+    data = alpha_file()
+    assert data[3] == 6 and data[4] == 0x02
+    assert unpack(data) == (header, CHUNKS) and read_header(data).alpha == ALPHA
+    assert len(data) == len(pack(make_header(mode="RGBA"), CHUNKS)) + 4 + len(ALPHA)
+    raster = pack(make_header(mode="RGBA", order="raster", alpha=ALPHA), CHUNKS)
+    assert raster[4] == 0x03 and unpack(raster)[0].order == "raster"
+
+
+def test_the_alpha_field_is_in_version_6_rgba_headers_only() -> None:
+    with pytest.raises(ValueError, match="needs mode 'RGBA'"):
+        make_header(mode="RGB", alpha=ALPHA)
+    with pytest.raises(ValueError, match="only there"):
+        make_header(mode="RGBA", alpha=ALPHA, version=5)
+    with pytest.raises(ValueError, match="only there"):
+        make_header(mode="RGBA", version=6)
+    with pytest.raises(ValueError, match="version"):
+        pack(replace(make_header(mode="RGBA"), version=4), CHUNKS)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("alpha bit in a version 5 file", "unknown bits"),
+    ("version 6 without the alpha bit", "must have its alpha bit"),
+    ("alpha bit in an RGB file", "not RGBA"),
+    ("empty alpha field", "alpha length field is 0"),
+    ("alpha longer than the file", "alpha"),
+])
+def test_hostile_alpha_fields_raise(case: str, message: str) -> None:
+    data = {"alpha bit in a version 5 file": lambda: edit(pack(make_header(mode="RGBA"), CHUNKS), 4, "<B", 0x02),
+            "version 6 without the alpha bit": lambda: edit(alpha_file(), 4, "<B", 0x00),
+            "alpha bit in an RGB file": lambda: edit(alpha_file(), 5, "<B", 3),
+            "empty alpha field": lambda: edit(alpha_file(), ALPHA_LENGTH, "<I", 0),
+            "alpha longer than the file": lambda: edit(alpha_file(), ALPHA_LENGTH, "<I", 10_000)}[case]()
+    with pytest.raises(BitstreamError, match=message):
+        unpack(data)
+
+
+def test_every_truncation_of_an_alpha_file_raises() -> None:
+    data = alpha_file()
+    for end in range(len(data)):
+        with pytest.raises(BitstreamError):
+            unpack(data[:end])
+
+
+def test_golden_alpha_header() -> None:
+    """Version 6's bytes: the golden header with an alpha field. Regenerate with VQCODEC_REGEN=1."""
+    data = pack(replace(unpack(golden_header_file())[0], version=None, alpha=ALPHA),
+                [b"\x01\x00\x00\x00", b"\x02\x00\x00\x00\x03\x00\x00\x00"])
+    path = EXPECTED / f"header_v{ALPHA_VERSION}.bin"
+    if os.environ.get("VQCODEC_REGEN") == "1":
+        path.write_bytes(data)
+    assert path.read_bytes() == data
+    assert unpack(data)[0] == replace(unpack(golden_header_file())[0], version=6, alpha=ALPHA)

@@ -348,3 +348,20 @@ def test_a_vqc_file_given_to_compress_is_named_as_one(tmp_path, image_file, tiny
                                      str(tiny_model_path)], input=vqc.read_bytes())
     assert piped.exit_code == 1 and message in piped.output
     assert not (tmp_path / "again.vqc").exists() and not (tmp_path / "piped.vqc").exists()
+
+
+def test_a_cut_out_keeps_its_alpha_through_the_command_line(tmp_path, tiny_model_path):
+    rgba = np.dstack([photo_like(24, 32), np.zeros((24, 32), dtype=np.uint8)])
+    rgba[4:20, 6:26, 3] = 255
+    rgba[4:20, 6, 3] = 128  # a soft edge
+    src = tmp_path / "logo.png"
+    Image.fromarray(rgba).save(src)
+    assert run("compress", src, "--model", tiny_model_path).exit_code == 0
+    info = run("info", tmp_path / "logo.vqc")
+    assert "format:   version 6" in info.output and "image:    32x24 RGBA" in info.output
+    assert re.search(r"alpha:    \d+ bytes \(WebP lossless, exact\)", info.output), info.output
+    for suffix in (".png", ".webp", ".tiff"):
+        out = tmp_path / f"back{suffix}"
+        assert run("decompress", tmp_path / "logo.vqc", "-o", out, "--model", tiny_model_path).exit_code == 0
+        back = Image.open(out)
+        assert back.mode == "RGBA" and np.array_equal(np.asarray(back)[..., 3], rgba[..., 3]), suffix

@@ -3,6 +3,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from conftest import photo_like
 from vqcodec import bitstream, entropy
 from vqcodec.codec import Codec, symbols_crc
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
+from vqcodec.image import encode_alpha
 
 SIZES = [(37, 53), (8, 8), (1, 1), (17, 40)]
 
@@ -128,6 +130,39 @@ def test_modes_come_back(codec, mode):
     image = Image.fromarray(photo_like(20, 24)).convert(mode)
     restored = codec.decompress(codec.compress(image))
     assert restored.mode == mode and restored.size == image.size
+
+
+def translucent(height: int = 20, width: int = 24) -> np.ndarray:
+    """A photo-like RGBA array: a fully transparent left quarter, then a soft ramp of alpha."""
+    alpha = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+    alpha[:, : width // 4] = 0
+    return np.dstack([photo_like(height, width, seed=3), alpha])
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_translucent_alpha_comes_back_exactly_in_a_version_6_file(codec, order):
+    rgba = translucent()
+    data = codec.compress(Image.fromarray(rgba), order=order)
+    header = bitstream.read_header(data)
+    assert header.version == bitstream.ALPHA_VERSION and header.mode == "RGBA" and header.alpha
+    restored = codec.decompress(data)
+    assert restored.mode == "RGBA" and np.array_equal(np.asarray(restored)[..., 3], rgba[..., 3])
+    assert codec.compress(rgba, order=order) == data  # arrays code like images
+    symbols = codec.decode_symbols(data)
+    assert symbols.info.alpha == header.alpha and codec.compress_symbols(symbols, order=order) == data
+    assert codec.file_bits(symbols, order=order) / 8 == pytest.approx(len(data), abs=16)  # alpha bytes included
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    assert bitstream.read_header(codec.compress(opaque, order=order)).version == bitstream.VERSION
+
+
+def test_a_forged_alpha_field_is_a_bitstream_error(codec):
+    header, chunks = bitstream.unpack(codec.compress(translucent()))
+    wrong_size = encode_alpha(np.zeros((19, 24), dtype=np.uint8))
+    for alpha in (b"\x00not a png", b"\x09", wrong_size):
+        forged = bitstream.pack(replace(header, alpha=alpha), chunks)
+        with pytest.raises(BitstreamError, match="alpha field"):
+            codec.decompress(forged)
 
 
 def test_arrays_and_tensors_code_like_images(codec):

@@ -11,7 +11,7 @@ from PIL import Image, ImageCms, ImageFile
 
 from conftest import DISPLAY_P3, photo_like, rgb_icc_profile
 from vqcodec.errors import ImageError
-from vqcodec.image import ImageInfo, open_image, to_pil, to_tensor, to_uint8
+from vqcodec.image import ImageInfo, decode_alpha, encode_alpha, open_image, to_pil, to_tensor, to_uint8
 
 
 def test_rgb_array_round_trips_exactly():
@@ -50,9 +50,8 @@ def test_tensor_input_is_quantized_to_8_bits():
         (np.zeros((4, 4, 3), dtype=np.float32), "uint8"),
         (np.zeros((0, 4, 3), dtype=np.uint8), "empty"),
         (np.zeros((4, 4, 2), dtype=np.uint8), "shape"),
-        (np.zeros((4, 4, 4), dtype=np.uint8), "transparency"),
         (Image.new("I;16", (4, 4)), "16-bit"),
-        (Image.new("LA", (4, 4)), "'LA' is not supported"),
+        (Image.new("HSV", (4, 4)), "'HSV' is not supported"),
         (torch.zeros(2, 3, 4, 4), "shape"),
         (torch.full((3, 4, 4), float("nan")), "NaN"),
         (42, "unsupported input type"),
@@ -94,17 +93,20 @@ def test_16_bit_colour_files_are_refused_not_cut_to_8_bits(tmp_path, colour_type
 
 
 @pytest.mark.parametrize("mode, key", [("RGB", (10, 20, 30)), ("L", 10)])
-def test_a_transparent_colour_key_is_refused_only_where_it_occurs(tmp_path, mode, key):
+def test_a_transparent_colour_key_makes_rgba_only_where_it_occurs(tmp_path, mode, key):
     pixels = np.full((6, 6, 3), 200, dtype=np.uint8)
     image = Image.fromarray(pixels).convert(mode)
     opaque = tmp_path / "opaque.png"
     image.save(opaque, transparency=key)  # the key colour appears nowhere: every pixel is opaque
-    assert to_tensor(open_image(opaque))[1].mode == mode
+    info = to_tensor(open_image(opaque))[1]
+    assert info.mode == mode and info.alpha == b""
     pixels[0, 0] = (10, 20, 30) if mode == "RGB" else 10
     keyed = tmp_path / "keyed.png"
     Image.fromarray(pixels).convert(mode).save(keyed, transparency=key)
-    with pytest.raises(ImageError, match="transparency"):
-        to_tensor(open_image(keyed))
+    info = to_tensor(open_image(keyed))[1]
+    expected = np.full((6, 6), 255, dtype=np.uint8)
+    expected[0, 0] = 0
+    assert info.mode == "RGBA" and np.array_equal(decode_alpha(info.alpha, 6, 6), expected)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -164,13 +166,65 @@ def test_a_file_path_is_read_like_open_image_reads_it(tmp_path):
         assert torch.equal(x, to_tensor(open_image(path))[0])
 
 
-def test_a_transparent_colour_key_is_refused_in_a_profiled_image_too(tmp_path):
+def test_a_transparent_colour_key_in_a_profiled_image_keeps_its_alpha(tmp_path):
     pixels = photo_like(6, 8)
     pixels[0, 0] = (10, 20, 30)
     path = tmp_path / "keyed.png"
     Image.fromarray(pixels).save(path, transparency=(10, 20, 30), icc_profile=rgb_icc_profile("P3", DISPLAY_P3))
-    with pytest.raises(ImageError, match="transparency"):
-        to_tensor(open_image(path))
+    x, info = to_tensor(open_image(path))
+    alpha = decode_alpha(info.alpha, 6, 8)
+    assert info.mode == "RGBA" and alpha[0, 0] == 0 and alpha.sum() == 255 * (6 * 8 - 1)
+    plain = to_tensor(Image.fromarray(pixels))[0]
+    assert not torch.equal(x[..., 1:, :], plain[..., 1:, :])  # visible colours still went through the profile
+
+
+def test_translucent_alpha_travels_losslessly_and_hidden_colours_are_filled():
+    rgba = np.dstack([photo_like(40, 56), np.zeros((40, 56), dtype=np.uint8)])
+    rgba[:, 20:, 3] = np.arange(36, dtype=np.uint8)[None, :] * 7 + 3  # a soft ramp
+    rgba[:, 20:28, 3] = 255
+    rgba[:, :20, :3] = 0  # black under the fully transparent part, as many cut-outs have
+    x, info = to_tensor(rgba)
+    assert info.mode == "RGBA" and np.array_equal(decode_alpha(info.alpha, 40, 56), rgba[..., 3])
+    rgb = to_uint8(x)
+    assert np.array_equal(rgb[:, 20:], rgba[:, 20:, :3])  # every visible pixel's colour is kept
+    hidden = rgb[:, :20].astype(int)
+    assert np.abs(hidden[:, -1] - rgb[:, 20]).mean() < 40  # the hidden part continues the visible colours,
+    assert hidden.std() > 0 and (hidden > 0).all()  # instead of staying black
+    restored = to_pil(x, info)
+    assert restored.mode == "RGBA" and np.array_equal(np.asarray(restored)[..., 3], rgba[..., 3])
+
+
+def test_gray_with_alpha_is_coded_as_rgba_and_a_fully_transparent_image_as_flat_grey():
+    la = Image.fromarray(np.dstack([photo_like(8, 8)[..., 0], np.full((8, 8), 100, np.uint8)]), "LA")
+    info = to_tensor(la)[1]
+    assert info.mode == "RGBA" and set(np.unique(decode_alpha(info.alpha, 8, 8))) == {100}
+    x, info = to_tensor(np.zeros((5, 7, 4), dtype=np.uint8))
+    assert np.all(to_uint8(x) == 128) and decode_alpha(info.alpha, 5, 7).max() == 0
+
+
+@pytest.mark.parametrize("data, message", [(b"", "unknown"), (b"\x07abc", "unknown"),
+                                           (b"\x00not a png", "readable PNG"), (b"\x01RIFF", "readable WEBP")])
+def test_a_bad_alpha_plane_is_an_image_error(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_alpha(data, 4, 4)
+
+
+def test_an_alpha_plane_of_another_size_is_refused():
+    coded = encode_alpha(np.zeros((4, 5), dtype=np.uint8))
+    assert decode_alpha(coded, 4, 5).shape == (4, 5)
+    with pytest.raises(ImageError, match="5x4 RGB image, not 5x5"):
+        decode_alpha(coded, 5, 5)
+
+
+def test_alpha_beyond_webp_sides_is_coded_as_png(monkeypatch):
+    import vqcodec.image as image_module
+
+    plane = np.tile(np.arange(16, dtype=np.uint8) * 16, (3, 1))
+    monkeypatch.setattr(image_module, "WEBP_MAX_SIDE", 15)
+    coded = encode_alpha(plane)
+    assert coded[0] == image_module.ALPHA_PNG and np.array_equal(decode_alpha(coded, 3, 16), plane)
+    monkeypatch.setattr(image_module, "WEBP_MAX_SIDE", 16)
+    assert encode_alpha(plane)[0] == image_module.ALPHA_WEBP
 
 
 @pytest.mark.parametrize("icc", [None, b"not a colour profile"])

@@ -9,6 +9,7 @@ Layout (little-endian; docs/bitstream.md is the normative spec)::
     chunks   chunk count u8 | length u32 per chunk, top level first                 1 + 4 C
     check    CRC32 of the decoded symbol maps u32                                        4
     adapt    (version 4) length u16 | decoder adaptation (vqcodec.adapt), 0 = none     2 + n
+    alpha    (version 6) length u32 | the alpha plane, lossless (WebP or PNG)           4 + m
     payload  the chunks, concatenated
     trailer  CRC32 of every byte before it u32                                           4
 
@@ -28,15 +29,19 @@ from typing import Iterable, Union
 
 from vqcodec.errors import BitstreamError
 
-__all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
+__all__ = ["MAGIC", "VERSION", "ALPHA_VERSION", "NEWEST", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
            "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
 VERSION = 5  # what writers produce; 5: the adaptation field starts with its design (vqcodec.adapt)
+# ... and for an image with transparency: version 5 plus flag bit 1 and the alpha field. Each file
+# has the lowest version that holds it, so readers of version 5 read every opaque image's file.
+ALPHA_VERSION = 6
 # Version 4 had the adaptation field with one design and no design byte; version 3 is 4 without the
 # adaptation field; version 2 coded with the float32 prior instead of the exact one (vqcodec.exact);
 # version 1 also had the one-position raster schedule.
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+NEWEST = READABLE_VERSIONS[-1]
 ADAPTATION_VERSION = 4       # the first version with the adaptation field
 DESIGN_VERSION = 5           # the first version whose adaptation field names its design
 MAX_ADAPTATION = 4096        # bytes; the bundled models' adaptations take about 70
@@ -53,9 +58,10 @@ _U8 = struct.Struct("<B")             # name length, level count, chunk count
 _SHAPE = struct.Struct("<HH")         # h, w of one symbol map
 _U32 = struct.Struct("<I")            # chunk length, symbols CRC, file CRC
 _U16 = struct.Struct("<H")            # adaptation length
+# (the alpha field's length is a _U32)
 
 _FLAG_RASTER = 0x01                   # bit 0: decode order (0 = fast, 1 = raster)
-_FLAGS_KNOWN = _FLAG_RASTER
+_FLAG_ALPHA = 0x02                    # bit 1 (version 6): the alpha field follows the adaptation field
 _ORDERS = {"fast": 0, "raster": _FLAG_RASTER}
 _MODES = {"L": 1, "RGB": 3, "RGBA": 4}            # code = channel count
 _MODE_NAMES = {code: name for name, code in _MODES.items()}
@@ -104,13 +110,17 @@ class Header:
         model_name: bundled model that decodes the file; printable ASCII, 1..32 characters.
         weights_digest: 8 bytes, the first 8 of the SHA-256 of the weights file.
         width, height: original image size, 1..65535 each, width * height <= MAX_PIXELS.
-        mode: "RGB" | "L" | "RGBA" (opaque alpha only).
+        mode: "RGB" | "L" | "RGBA" (with `alpha`, or else opaque).
         order: "fast" | "raster", the decode schedule the encoder used.
         level_shapes: per level, bottom first, (h, w) of each symbol map (lists become tuples).
         symbols_crc: CRC32 over the symbol maps (see ``symbols_checksum``), 0..2**32 - 1.
-        version: format version of the file (one of READABLE_VERSIONS); `pack` writes VERSION only.
+        version: format version of the file (one of READABLE_VERSIONS); None (the default) gives
+            the one writers produce for these fields: ALPHA_VERSION with `alpha`, else VERSION.
         adaptation: the coded decoder adaptation (`vqcodec.adapt`), b"" for none (always, before
             version 4); at most MAX_ADAPTATION bytes. The bitstream layer does not interpret it.
+        alpha: an RGBA image's alpha plane, coded losslessly (`vqcodec.image.encode_alpha`: a
+            kind byte, then a WebP or PNG image), b"" for an opaque image; present exactly in
+            version 6. The bitstream layer does not interpret it either.
     """
 
     model_name: str
@@ -121,10 +131,13 @@ class Header:
     order: str
     level_shapes: tuple[tuple[int, int], ...]
     symbols_crc: int
-    version: int = VERSION
+    version: int | None = None
     adaptation: bytes = b""
+    alpha: bytes = b""
 
     def __post_init__(self) -> None:
+        if self.version is None:
+            object.__setattr__(self, "version", ALPHA_VERSION if self.alpha else VERSION)
         check_model_name(self.model_name)
         if not isinstance(self.weights_digest, bytes) or len(self.weights_digest) != DIGEST_SIZE:
             raise ValueError(f"weights digest must be {DIGEST_SIZE} bytes, got {self.weights_digest!r}")
@@ -146,6 +159,13 @@ class Header:
             raise ValueError(f"adaptation must be bytes of length 0..{MAX_ADAPTATION}")
         if self.adaptation and self.version < ADAPTATION_VERSION:
             raise ValueError(f"format version {self.version} has no adaptation field")
+        if not isinstance(self.alpha, bytes) or len(self.alpha) > 0xFFFFFFFF:
+            raise ValueError("alpha must be bytes of length 0..2**32-1")
+        if bool(self.alpha) != (self.version >= ALPHA_VERSION):
+            raise ValueError(f"the alpha field is in format version {ALPHA_VERSION} files, and only there "
+                             f"(version {self.version}, {len(self.alpha)} alpha bytes)")
+        if self.alpha and self.mode != "RGBA":
+            raise ValueError(f"an alpha plane needs mode 'RGBA', not {self.mode!r}")
         object.__setattr__(self, "level_shapes", shapes)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -171,15 +191,17 @@ def symbols_checksum(level_bytes: Iterable[Buffer]) -> int:
 
 
 def _encode_header(header: Header, chunk_lengths: list[int]) -> bytes:
-    flags = _ORDERS[header.order]
+    flags = _ORDERS[header.order] | (_FLAG_ALPHA if header.alpha else 0)
     name = header.model_name.encode("ascii")
-    parts = [_PREFIX.pack(MAGIC, VERSION, flags, _MODES[header.mode], header.width, header.height),
+    parts = [_PREFIX.pack(MAGIC, header.version, flags, _MODES[header.mode], header.width, header.height),
              _U8.pack(len(name)), name, header.weights_digest, _U8.pack(header.levels)]
     parts += [_SHAPE.pack(h, w) for h, w in header.level_shapes]
     parts.append(_U8.pack(len(chunk_lengths)))
     parts += [_U32.pack(length) for length in chunk_lengths]
     parts.append(_U32.pack(header.symbols_crc))
     parts += [_U16.pack(len(header.adaptation)), header.adaptation]
+    if header.alpha:
+        parts += [_U32.pack(len(header.alpha)), header.alpha]
     return b"".join(parts)
 
 
@@ -198,8 +220,10 @@ def pack(header: Header, chunks: list[bytes]) -> bytes:
     """
     if not isinstance(header, Header):
         raise ValueError(f"header must be a Header, got {type(header).__name__}")
-    if header.version != VERSION:
-        raise ValueError(f"writers produce format version {VERSION} only, got a version {header.version} header")
+    written = ALPHA_VERSION if header.alpha else VERSION
+    if header.version != written:
+        raise ValueError(f"writers produce format version {VERSION} ({ALPHA_VERSION} with an alpha plane) "
+                         f"only, got a version {header.version} header")
     if len(chunks) != header.levels:
         raise ValueError(f"expected {header.levels} chunks (one per level), got {len(chunks)}")
     lengths = [len(chunk) for chunk in chunks]
@@ -231,14 +255,14 @@ class _Reader:
 
 
 def _check_prefix(data: memoryview) -> None:
-    if len(data) < 4 and (MAGIC + bytes([VERSION])).startswith(bytes(data)):
+    if len(data) < 4 and (MAGIC + bytes([NEWEST])).startswith(bytes(data)):
         raise BitstreamError(f"file is truncated: {len(data)} bytes")
     if len(data) < 4 or bytes(data[:3]) != MAGIC:
         raise BitstreamError("not a vqcodec file (magic bytes are not 'VQC')")
     version = data[3]
-    if version > VERSION:
+    if version > NEWEST:
         raise BitstreamError(f"format version {version} is newer than this vqcodec reads "
-                             f"(version {VERSION}); upgrade vqcodec")
+                             f"(version {NEWEST}); upgrade vqcodec")
     if version not in READABLE_VERSIONS:
         raise BitstreamError(f"format version {version} is invalid")
 
@@ -246,8 +270,12 @@ def _check_prefix(data: memoryview) -> None:
 def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
     """Parse the header after the magic and version checks; returns it and the chunk lengths."""
     _, version, flags, mode, width, height = reader.read(_PREFIX, "prefix")
-    if flags & ~_FLAGS_KNOWN:
+    if flags & ~(_FLAG_RASTER | (_FLAG_ALPHA if version >= ALPHA_VERSION else 0)):
         raise BitstreamError(f"flags field has unknown bits set (0x{flags:02x})")
+    if version >= ALPHA_VERSION and not flags & _FLAG_ALPHA:
+        raise BitstreamError(f"flags field: a version {version} file must have its alpha bit set")
+    if flags & _FLAG_ALPHA and mode != _MODES["RGBA"]:
+        raise BitstreamError(f"flags field: the alpha bit is set in a file of mode code {mode}, not RGBA")
     if mode not in _MODE_NAMES:
         raise BitstreamError(f"image mode field holds unknown code {mode}")
     if width == 0 or height == 0:
@@ -283,11 +311,17 @@ def _parse_fields(reader: _Reader) -> tuple[Header, list[int]]:
         if adaptation_length > MAX_ADAPTATION:
             raise BitstreamError(f"adaptation length field is {adaptation_length}, more than {MAX_ADAPTATION}")
         adaptation = reader.take(adaptation_length, "adaptation")
+    alpha = b""
+    if flags & _FLAG_ALPHA:
+        (alpha_length,) = reader.read(_U32, "alpha length")
+        if alpha_length == 0:
+            raise BitstreamError("alpha length field is 0, but the alpha bit is set")
+        alpha = reader.take(alpha_length, "alpha")
     try:
         header = Header(model_name=name, weights_digest=digest, width=width, height=height,
                         mode=_MODE_NAMES[mode], order="raster" if flags & _FLAG_RASTER else "fast",
                         level_shapes=shapes_checked, symbols_crc=symbols_crc, version=version,
-                        adaptation=adaptation)
+                        adaptation=adaptation, alpha=alpha)
     except ValueError as err:  # every field is checked above; kept as a safety net
         raise BitstreamError(f"invalid header: {err}") from None
     return header, lengths

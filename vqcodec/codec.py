@@ -32,7 +32,7 @@ from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
-from vqcodec.image import ImageInfo, ImageLike, to_pil, to_tensor
+from vqcodec.image import ImageInfo, ImageLike, decode_alpha, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
 from vqcodec.vqvae import VQVAE2, OutputAffine
@@ -149,6 +149,10 @@ class Codec:
         for level, (s, size) in enumerate(zip(symbols.levels, self.vqvae.config.codebook_size)):
             if s.numel() and (int(s.min()) < 0 or int(s.max()) >= size):
                 raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
+        if symbols.info.alpha:
+            if symbols.info.mode != "RGBA":
+                raise VQCodecError(f"an alpha plane needs mode 'RGBA', not {symbols.info.mode!r}")
+            decode_alpha(symbols.info.alpha, symbols.info.height, symbols.info.width)  # an ImageError if unfit
         adaptation = symbols.adaptation
         if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation) or len(adaptation.values)
                                        != adapt.parameter_count(self.vqvae, adaptation.design)):
@@ -204,6 +208,7 @@ class Codec:
             level_shapes=tuple((int(s.shape[1]), int(s.shape[2])) for s in symbols.levels),
             symbols_crc=symbols_crc(symbols.levels),
             adaptation=adapt.to_bytes(symbols.adaptation) if symbols.adaptation is not None else b"",
+            alpha=symbols.info.alpha,
         )
 
     def decompress(self, data: bytes) -> Image.Image:
@@ -227,7 +232,7 @@ class Codec:
             self._decode_level(chunk, levels, level, header.order, header.version)
         if symbols_crc(levels) != header.symbols_crc:
             raise BitstreamError("decoded symbols fail their checksum: the file is corrupt or the prior diverged")
-        return Symbols(levels, ImageInfo(header.mode, header.height, header.width), self._read_adaptation(header))
+        return Symbols(levels, _read_info(header), self._read_adaptation(header))
 
     def _read_adaptation(self, header: Header) -> adapt.Adaptation | None:
         if not header.adaptation:
@@ -347,6 +352,16 @@ class Codec:
             raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
         if header.order not in ORDERS:
             raise BitstreamError(f"unknown decode order {header.order!r}")
+
+
+def _read_info(header: Header) -> ImageInfo:
+    """The decoded image's mode and size, and its alpha plane, checked to decode to that size."""
+    if header.alpha:
+        try:
+            decode_alpha(header.alpha, header.height, header.width)
+        except ImageError as err:
+            raise BitstreamError(f"alpha field: {err}: the file is corrupt") from None
+    return ImageInfo(header.mode, header.height, header.width, header.alpha)
 
 
 def symbols_crc(levels: list[torch.Tensor]) -> int:

@@ -2,10 +2,18 @@
 
 Inside the library every image is a float32 tensor (1, 3, H, W) in [0, 1]. This module decides
 which inputs are accepted, converts them, and remembers the original mode so that decoding gives
-back what was given: 8-bit grayscale ("L"), RGB, and RGBA whose alpha is fully opaque. Palette
-and CMYK images are converted to RGB and come back as RGB. Everything else (16-bit, float,
-translucent alpha, empty images) is refused with an ImageError rather than silently changed. Of a
-file with several frames (an animated GIF, a multi-page TIFF) the first is coded, with a warning.
+back what was given: 8-bit grayscale ("L"), RGB and RGBA. Palette and CMYK images are converted
+to RGB and come back as RGB (RGBA where the palette has transparency, as do gray-with-alpha
+images). Everything else (16-bit, float, empty images) is refused with an ImageError rather than
+silently changed. Of a file with several frames (an animated GIF, a multi-page TIFF) the first is
+coded, with a warning.
+
+Transparency: an alpha plane that is not fully opaque travels losslessly beside the lossy colours
+(`encode_alpha`: WebP's lossless mode, or PNG beyond WebP's 16383-px sides) and comes back
+exactly. The colours of fully transparent pixels are not kept: nobody sees them, so they are
+replaced by colours spread from the visible ones (`_fill_hidden`), which cost fewer bits than the
+photo left under them and, unlike black, do not blur the cut-out's edge
+(`benchmarks/alpha_coding.py`).
 
 Colour: the models were trained on sRGB photos and decoded PNGs carry no colour profile, so an
 RGB image with an embedded ICC profile other than sRGB (a phone's Display P3, Adobe RGB) is
@@ -28,7 +36,8 @@ from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+import torch.nn.functional as F
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
 from vqcodec.errors import ImageError
 
@@ -49,6 +58,7 @@ class ImageInfo:
     mode: str  # one of MODES
     height: int
     width: int
+    alpha: bytes = b""  # RGBA with transparency: the alpha plane, losslessly coded (`encode_alpha`)
 
 
 def open_image(path: str | Path | BinaryIO) -> Image.Image:
@@ -131,8 +141,47 @@ def to_pil(x: torch.Tensor, info: ImageInfo) -> Image.Image:
     if info.mode == "L":
         return image.convert("L")
     if info.mode == "RGBA":
-        image.putalpha(255)  # only opaque RGBA is accepted, so alpha is restored exactly
+        image.putalpha(Image.fromarray(decode_alpha(info.alpha, info.height, info.width)) if info.alpha else 255)
     return image
+
+
+# The alpha field's first byte names its coding: WebP's lossless mode (about half PNG's size on
+# cut-outs and soft edges) where WebP can hold the picture, else PNG.
+ALPHA_PNG, ALPHA_WEBP = 0, 1
+WEBP_MAX_SIDE = 16383
+
+
+def encode_alpha(alpha: np.ndarray) -> bytes:
+    """An (H, W) uint8 alpha plane, coded losslessly: a kind byte, then a WebP or PNG image."""
+    plane = Image.fromarray(np.ascontiguousarray(alpha), mode="L")
+    buffer = io.BytesIO()
+    if max(plane.size) <= WEBP_MAX_SIDE and features.check("webp"):
+        buffer.write(bytes([ALPHA_WEBP]))
+        plane.convert("RGB").save(buffer, format="WEBP", lossless=True, quality=100, method=4)
+    else:
+        buffer.write(bytes([ALPHA_PNG]))
+        plane.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def decode_alpha(data: bytes, height: int, width: int) -> np.ndarray:
+    """The (height, width) uint8 alpha plane that `encode_alpha` coded; ImageError if `data` holds
+    anything else (its size is checked from the image's header, before any pixel is decoded)."""
+    kinds = {ALPHA_PNG: ("PNG", "L"), ALPHA_WEBP: ("WEBP", "RGB")}
+    if not data or data[0] not in kinds:
+        raise ImageError(f"the alpha plane's coding {data[:1].hex() or 'byte'} is unknown")
+    kind, mode = kinds[data[0]]
+    if kind == "WEBP" and not features.check("webp"):
+        raise ImageError("the alpha plane is coded with WebP, which this Pillow was built without")
+    try:
+        with Image.open(io.BytesIO(data[1:]), formats=[kind]) as plane:
+            if plane.mode != mode or plane.size != (width, height):
+                raise ImageError(f"the alpha plane is a {plane.size[0]}x{plane.size[1]} {plane.mode} image, "
+                                 f"not {width}x{height}")
+            plane.load()
+            return np.asarray(plane.getchannel(0)).copy()
+    except _READ_ERRORS as err:
+        raise ImageError(f"the alpha plane is not a readable {kind} image ({err})") from None
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -148,19 +197,25 @@ def _from_pil(image: Image.Image) -> tuple[torch.Tensor, ImageInfo]:
         mode = image.mode
     if mode == "1":
         image, mode = image.convert("L"), "L"
+    if mode in ("LA", "La", "PA") or (mode in ("RGB", "L") and _keyed_somewhere(image)):
+        image, mode = image.convert("RGBA"), "RGBA"  # gray + alpha, or a PNG tRNS colour key: coded as RGBA
     if mode == "CMYK":
         image, mode = _cmyk_in_srgb(image), "RGB"
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         raise ImageError(f"{_describe(mode)} images are not supported: vqcodec codes 8-bit images")
     if mode not in ("RGB", "L", "RGBA"):
         raise ImageError(f"image mode {mode!r} is not supported: convert to RGB, L or RGBA first")
-    if mode in ("RGB", "L") and "transparency" in image.info:  # a PNG tRNS colour: transparent where it occurs
-        alpha = np.asarray(image.convert("RGBA" if mode == "RGB" else "LA"))[..., -1]
-        if (alpha != 255).any():
-            raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
     if mode in ("RGB", "RGBA"):
-        image = _in_srgb(image)  # after the tRNS test: the converted image has no info to test
+        image = _in_srgb(image)
     return _from_array(np.asarray(image))
+
+
+def _keyed_somewhere(image: Image.Image) -> bool:
+    """Whether an RGB or L image has a transparent colour key (PNG tRNS) that some pixel has; one
+    that no pixel has changes nothing, and the image keeps its mode."""
+    if "transparency" not in image.info:
+        return False
+    return bool((np.asarray(image.convert("RGBA" if image.mode == "RGB" else "LA"))[..., -1] != 255).any())
 
 
 def _in_srgb(image: Image.Image) -> Image.Image:
@@ -219,13 +274,14 @@ def _from_array(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
     elif array.ndim == 3 and array.shape[2] == 3:
         mode, rgb = "RGB", array
     elif array.ndim == 3 and array.shape[2] == 4:
-        if not (array[:, :, 3] == 255).all():
-            raise ImageError("images with transparency are not supported (alpha must be fully opaque)")
         mode, rgb = "RGBA", array[:, :, :3]
     else:
         raise ImageError(f"array shape {array.shape} is not an image: expected (H, W), (H, W, 3) or (H, W, 4)")
     info = ImageInfo(mode, int(rgb.shape[0]), int(rgb.shape[1]))
     _check_size(info)
+    if mode == "RGBA" and not (array[:, :, 3] == 255).all():
+        info = ImageInfo(mode, info.height, info.width, encode_alpha(array[:, :, 3]))
+        rgb = _fill_hidden(rgb, array[:, :, 3])
     x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     return x, info
 
@@ -249,6 +305,28 @@ def _from_tensor(tensor: torch.Tensor) -> tuple[torch.Tensor, ImageInfo]:
     # Quantize to 8 bits: the codec's contract is 8-bit RGB, so tensors and arrays code the same.
     x = (x.float().cpu().clamp(0, 1) * 255).round() / 255.0
     return x.contiguous(), info
+
+
+def _fill_hidden(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`rgb` with the colours of fully transparent pixels replaced by smooth ones spread from the
+    visible pixels: a pyramid of visible-pixel means, each level's holes filled from the coarser
+    level upsampled (push-pull), so the hidden area continues the picture instead of forming edges."""
+    visible = torch.from_numpy(alpha > 0)[None, None].double()
+    if not bool(visible.any()):
+        return np.full_like(rgb, 128)  # nothing to see: a flat grey costs the least
+    colour = torch.from_numpy(np.asarray(rgb, dtype=np.float64)).permute(2, 0, 1)[None] * visible
+    pyramid = [(colour, visible)]
+    while max(pyramid[-1][1].shape[-2:]) > 1:
+        total, weight = pyramid[-1]
+        # Means over 2x2 blocks; their common divisor cancels in total / weight.
+        pyramid.append((F.avg_pool2d(total, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)))
+    total, weight = pyramid[-1]
+    filled = total / weight
+    for total, weight in reversed(pyramid[:-1]):
+        coarse = F.interpolate(filled, size=total.shape[-2:], mode="bilinear", align_corners=False)
+        filled = torch.where(weight > 0, total / weight.clamp_min(1e-12), coarse)
+    spread = filled[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.where((alpha > 0)[..., None], rgb, spread)
 
 
 def _check_size(info: ImageInfo) -> None:
