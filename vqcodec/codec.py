@@ -218,7 +218,8 @@ class Codec:
             return self.decode(symbols)
 
     def decompress_tensor(self, data: bytes) -> torch.Tensor:
-        """.vqc bytes -> (1, 3, H, W) float32 reconstruction in [0, 1] (not rounded to 8 bits)."""
+        """.vqc bytes -> (1, 3, H, W) float32 reconstruction in [0, 1] (not rounded to 8 bits): the
+        colours; an RGBA file's alpha plane comes with `decompress`."""
         symbols = self.decode_symbols(data)
         with torch.no_grad():
             return self._reconstruct(symbols).clamp(0, 1)
