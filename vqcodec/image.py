@@ -311,10 +311,11 @@ def _fill_hidden(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """`rgb` with the colours of fully transparent pixels replaced by smooth ones spread from the
     visible pixels: a pyramid of visible-pixel means, each level's holes filled from the coarser
     level upsampled (push-pull), so the hidden area continues the picture instead of forming edges."""
-    visible = torch.from_numpy(alpha > 0)[None, None].double()
+    # float32 holds means of 8-bit values well enough, in half float64's memory on large images.
+    visible = torch.from_numpy(alpha > 0)[None, None].float()
     if not bool(visible.any()):
         return np.full_like(rgb, 128)  # nothing to see: a flat grey costs the least
-    colour = torch.from_numpy(np.asarray(rgb, dtype=np.float64)).permute(2, 0, 1)[None] * visible
+    colour = torch.from_numpy(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] * visible
     pyramid = [(colour, visible)]
     while max(pyramid[-1][1].shape[-2:]) > 1:
         total, weight = pyramid[-1]
