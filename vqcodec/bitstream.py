@@ -29,8 +29,8 @@ from typing import Iterable, Union
 
 from vqcodec.errors import BitstreamError
 
-__all__ = ["MAGIC", "VERSION", "ALPHA_VERSION", "NEWEST", "READABLE_VERSIONS", "Header", "pack", "unpack", "read_header", "symbols_checksum",
-           "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
+__all__ = ["MAGIC", "VERSION", "ALPHA_VERSION", "NEWEST", "READABLE_VERSIONS", "Header", "pack", "unpack",
+           "read_header", "symbols_checksum", "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
 
 MAGIC = b"VQC"
 VERSION = 5  # what writers produce; 5: the adaptation field starts with its design (vqcodec.adapt)
@@ -56,9 +56,8 @@ DIGEST_SIZE = 8
 _PREFIX = struct.Struct("<3sBBBHH")   # magic, version, flags, mode, width, height
 _U8 = struct.Struct("<B")             # name length, level count, chunk count
 _SHAPE = struct.Struct("<HH")         # h, w of one symbol map
-_U32 = struct.Struct("<I")            # chunk length, symbols CRC, file CRC
+_U32 = struct.Struct("<I")            # chunk length, symbols CRC, alpha length, file CRC
 _U16 = struct.Struct("<H")            # adaptation length
-# (the alpha field's length is a _U32)
 
 _FLAG_RASTER = 0x01                   # bit 0: decode order (0 = fast, 1 = raster)
 _FLAG_ALPHA = 0x02                    # bit 1 (version 6): the alpha field follows the adaptation field
