@@ -113,9 +113,13 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
         try:
             _refuse_overwrite(src, dst, force)
             data = _read(src)
-            codec = given or cached_codec(resolve_recorded(bitstream.read_header(data).model_name), device)
-            image = codec.decompress(data)
+            header = bitstream.read_header(data)
             kind, options = _output_format(dst)
+            if header.alpha and kind not in WITH_ALPHA:  # Pillow would drop the alpha without a word
+                raise VQCodecError(f"the image has transparency, which {kind} cannot hold: write "
+                                   f"{', '.join(sorted(s for s, (k, _) in OUTPUT_FORMATS.items() if k in WITH_ALPHA))}")
+            codec = given or cached_codec(resolve_recorded(header.model_name), device)
+            image = codec.decompress(data)
             _write(dst, lambda out: image.save(out, format=kind, **options))
             click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
                        err=dst == STDIO)
@@ -222,6 +226,7 @@ OUTPUT_FORMATS: dict[str, tuple[str, dict]] = {
     ".png": ("PNG", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".bmp": ("BMP", {}),
     ".ppm": ("PPM", {}), ".pnm": ("PPM", {}), ".webp": ("WEBP", {"lossless": True}),
 }
+WITH_ALPHA = {"PNG", "TIFF", "WEBP"}  # the formats above that keep an alpha channel
 
 
 def _output_format(dst: Path) -> tuple[str, dict]:

@@ -365,3 +365,7 @@ def test_a_cut_out_keeps_its_alpha_through_the_command_line(tmp_path, tiny_model
         assert run("decompress", tmp_path / "logo.vqc", "-o", out, "--model", tiny_model_path).exit_code == 0
         back = Image.open(out)
         assert back.mode == "RGBA" and np.array_equal(np.asarray(back)[..., 3], rgba[..., 3]), suffix
+    for suffix, kind in ((".bmp", "BMP"), (".ppm", "PPM")):  # Pillow would write them without the alpha
+        result = run("decompress", tmp_path / "logo.vqc", "-o", tmp_path / f"flat{suffix}", "--model", tiny_model_path)
+        assert result.exit_code == 1 and f"transparency, which {kind} cannot hold" in result.output
+        assert not (tmp_path / f"flat{suffix}").exists()
