@@ -136,7 +136,7 @@ class Header:
 
     def __post_init__(self) -> None:
         if self.version is None:
-            object.__setattr__(self, "version", ALPHA_VERSION if self.alpha else VERSION)
+            object.__setattr__(self, "version", _written_version(self.alpha))
         check_model_name(self.model_name)
         if not isinstance(self.weights_digest, bytes) or len(self.weights_digest) != DIGEST_SIZE:
             raise ValueError(f"weights digest must be {DIGEST_SIZE} bytes, got {self.weights_digest!r}")
@@ -189,6 +189,11 @@ def symbols_checksum(level_bytes: Iterable[Buffer]) -> int:
     return crc
 
 
+def _written_version(alpha: bytes) -> int:
+    """The version a writer gives a file: the lowest that holds it."""
+    return ALPHA_VERSION if alpha else VERSION
+
+
 def _encode_header(header: Header, chunk_lengths: list[int]) -> bytes:
     flags = _ORDERS[header.order] | (_FLAG_ALPHA if header.alpha else 0)
     name = header.model_name.encode("ascii")
@@ -219,8 +224,7 @@ def pack(header: Header, chunks: list[bytes]) -> bytes:
     """
     if not isinstance(header, Header):
         raise ValueError(f"header must be a Header, got {type(header).__name__}")
-    written = ALPHA_VERSION if header.alpha else VERSION
-    if header.version != written:
+    if header.version != _written_version(header.alpha):
         raise ValueError(f"writers produce format version {VERSION} ({ALPHA_VERSION} with an alpha plane) "
                          f"only, got a version {header.version} header")
     if len(chunks) != header.levels:

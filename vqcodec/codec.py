@@ -149,10 +149,10 @@ class Codec:
         for level, (s, size) in enumerate(zip(symbols.levels, self.vqvae.config.codebook_size)):
             if s.numel() and (int(s.min()) < 0 or int(s.max()) >= size):
                 raise VQCodecError(f"level {level} holds a symbol outside its codebook (0..{size - 1})")
-        if symbols.info.alpha:
-            if symbols.info.mode != "RGBA":
-                raise VQCodecError(f"an alpha plane needs mode 'RGBA', not {symbols.info.mode!r}")
-            decode_alpha(symbols.info.alpha, symbols.info.height, symbols.info.width)  # an ImageError if unfit
+        # The alpha plane itself is checked by decoding it: `decode` does that anyway (to_pil),
+        # `compress_symbols` before it writes the plane into a file.
+        if symbols.info.alpha and symbols.info.mode != "RGBA":
+            raise VQCodecError(f"an alpha plane needs mode 'RGBA', not {symbols.info.mode!r}")
         adaptation = symbols.adaptation
         if adaptation is not None and (not isinstance(adaptation, adapt.Adaptation) or len(adaptation.values)
                                        != adapt.parameter_count(self.vqvae, adaptation.design)):
@@ -193,6 +193,8 @@ class Codec:
         """Symbols (from `encode`, or edited) -> .vqc bytes that decode to exactly these symbols."""
         _check_order(order)
         self._check_symbols(symbols)
+        if symbols.info.alpha:
+            decode_alpha(symbols.info.alpha, symbols.info.height, symbols.info.width)  # an ImageError if unfit
         symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info, symbols.adaptation)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
         return bitstream.pack(self._header(symbols, order), chunks)
