@@ -213,3 +213,26 @@ def test_version_4_files_still_decode(codec, one_thread, always_worth) -> None:
     old = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
     assert codec.decode_symbols(old).adaptation == film
     assert np.array_equal(np.asarray(codec.decompress(old)), np.asarray(codec.decompress(new)))
+
+
+def test_a_weighted_fit_ignores_the_pixels_of_no_weight_and_reports_weighted_errors(codec, one_thread) -> None:
+    """Pixels of weight 0 (fully transparent ones) leave every design's fit exactly as it was,
+    whatever colours they hold; the errors reported are the weighted means the decoder makes."""
+    x = image_tensor(40, 56, seed=4)
+    symbols = codec.encode(x, optimize=0, adapt_decoder=False).levels
+    weights = torch.linspace(0, 1, 56).pow(2).expand(1, 1, 40, 56).clone()
+    weights[..., :14] = 0
+    other = x.clone()
+    other[..., :14] = torch.rand(1, 3, 40, 14)
+    fits = adapt.fit(codec.vqvae, symbols, x, adapt.DESIGNS, weights)
+    assert [f.adaptation for f in fits] == [f.adaptation for f in adapt.fit(codec.vqvae, symbols, other,
+                                                                            adapt.DESIGNS, weights)]
+    assert [f.adaptation for f in fits] != [f.adaptation for f in adapt.fit(codec.vqvae, symbols, x, adapt.DESIGNS)]
+    with torch.no_grad():
+        plain = codec.vqvae.decode(symbols, size=(40, 56))
+    for fitted in fits:
+        assert float(((plain - x).pow(2) * weights).sum() / (3 * weights.sum())) == pytest.approx(
+            fitted.mse_without, rel=1e-4)
+        after = decoded(codec, symbols, (40, 56), fitted.adaptation)
+        assert float(((after - x).pow(2) * weights).sum() / (3 * weights.sum())) == pytest.approx(
+            fitted.mse_with, rel=1e-3)

@@ -156,6 +156,23 @@ def test_translucent_alpha_comes_back_exactly_in_a_version_6_file(codec, order):
     assert bitstream.read_header(codec.compress(opaque, order=order)).version == bitstream.VERSION
 
 
+@pytest.mark.parametrize("scale", [1, 1.5])
+def test_the_encoder_weighs_errors_by_opacity(codec, monkeypatch, scale):
+    """An image with transparency is optimised for its composited picture: other symbols than an
+    encoder that counts every pixel alike would choose, in a file that still round-trips."""
+    import vqcodec.codec as codec_module
+
+    codec = Codec(codec.vqvae, codec.prior, name="tiny", digest=codec.digest, scale=scale)
+    rgba = translucent(40, 48)
+    weighted = codec.encode(rgba)
+    monkeypatch.setattr(codec_module, "error_weights", lambda info: None)
+    alike = codec.encode(rgba)
+    assert any(not torch.equal(a, b) for a, b in zip(weighted.levels, alike.levels))
+    data = codec.compress_symbols(weighted)
+    assert all(torch.equal(a, b) for a, b in zip(codec.decode_symbols(data).levels, weighted.levels))
+    assert np.array_equal(np.asarray(codec.decompress(data))[..., 3], rgba[..., 3])
+
+
 def test_a_forged_alpha_field_is_a_bitstream_error(codec):
     header, chunks = bitstream.unpack(codec.compress(translucent()))
     wrong_size = encode_alpha(np.zeros((19, 24), dtype=np.uint8))

@@ -11,7 +11,8 @@ from PIL import Image, ImageCms, ImageFile
 
 from conftest import DISPLAY_P3, photo_like, rgb_icc_profile
 from vqcodec.errors import ImageError
-from vqcodec.image import ImageInfo, decode_alpha, encode_alpha, open_image, to_pil, to_tensor, to_uint8
+from vqcodec.image import (ImageInfo, decode_alpha, encode_alpha, error_weights, open_image, to_pil, to_tensor,
+                           to_uint8)
 
 
 def test_rgb_array_round_trips_exactly():
@@ -192,6 +193,15 @@ def test_translucent_alpha_travels_losslessly_and_hidden_colours_are_filled():
     assert hidden.std() > 0 and (hidden > 0).all()  # instead of staying black
     restored = to_pil(x, info)
     assert restored.mode == "RGBA" and np.array_equal(np.asarray(restored)[..., 3], rgba[..., 3])
+
+
+def test_the_error_of_a_pixel_counts_by_its_squared_opacity():
+    rgba = np.dstack([photo_like(6, 8), np.tile(np.arange(0, 256, 36, dtype=np.uint8), (6, 1))])
+    weights = error_weights(to_tensor(rgba)[1])
+    assert weights.shape == (1, 1, 6, 8) and weights.dtype == torch.float32
+    assert torch.allclose(weights[0, 0], torch.from_numpy(rgba[..., 3] / 255).float() ** 2)
+    assert error_weights(to_tensor(photo_like(6, 8))[1]) is None  # opaque: every pixel alike
+    assert error_weights(to_tensor(np.zeros((6, 8, 4), dtype=np.uint8))[1]) is None  # nothing seen: alike too
 
 
 def test_gray_with_alpha_is_coded_as_rgba_and_a_fully_transparent_image_as_flat_grey():

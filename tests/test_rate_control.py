@@ -102,3 +102,18 @@ def test_slope_refuses_bad_inputs_before_loading_a_model(tiny_model_path):
         compress_at_slope(photo_like(8, 8), 8.0, models=[])
     name, data = compress_at_slope(photo_like(32, 48, seed=3), 8.0, models=[tiny_model_path], optimize=0)
     assert name == "tiny" and data == Codec.load(tiny_model_path).compress(photo_like(32, 48, seed=3), optimize=0)
+
+
+def test_the_quality_of_an_image_with_transparency_is_that_of_its_composited_picture():
+    from vqcodec.rate_control import _psnr_8bit
+
+    rgb = photo_like(8, 10)
+    alpha = np.zeros((8, 10), dtype=np.uint8)
+    alpha[:, 5:] = 255
+    other = rgb.copy()
+    other[:, :5] = 255 - other[:, :5]  # wrong only where nobody sees it
+    other[:, 5:] = np.clip(other[:, 5:].astype(int) + 4, 0, 255)  # and a little wrong where they do
+    seen = 10 * np.log10(255**2 / np.mean((other[:, 5:].astype(float) - rgb[:, 5:]) ** 2))
+    original = Image.fromarray(np.dstack([rgb, alpha]))
+    assert _psnr_8bit(original, Image.fromarray(np.dstack([other, alpha]))) == pytest.approx(seen)
+    assert _psnr_8bit(Image.fromarray(rgb), Image.fromarray(other)) < seen - 10  # opaque: every pixel counts

@@ -150,3 +150,42 @@ def test_a_decoder_correction_is_fitted_once_to_the_nearest_codes_and_judges_the
             return float(F.mse_loss(codec.vqvae.decode(symbols, size=x.shape[-2:], affine=adaptation.affine()), x))
 
     assert corrected_mse(corrected) < corrected_mse(nearest)
+
+
+def test_weighted_error_is_the_mean_over_the_pixels_that_count():
+    x, picture = torch.rand(1, 3, 6, 8), torch.rand(1, 3, 6, 8)
+    half = torch.zeros(1, 1, 6, 8)
+    half[..., :4] = 1
+    assert float(rdo.squared_error(picture, x, half)) == pytest.approx(
+        float(F.mse_loss(picture[..., :4], x[..., :4])), rel=1e-6)
+    assert float(rdo.squared_error(picture, x, torch.ones(1, 1, 6, 8))) == pytest.approx(
+        float(F.mse_loss(picture, x)), rel=1e-6)
+    assert float(rdo.squared_error(picture, x, torch.zeros(1, 1, 6, 8))) == 0  # nothing seen, nothing wrong
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_weighted_optimisation_lowers_the_weighted_cost_and_differs_from_the_plain_one(codec, monkeypatch, tiled):
+    """With the right half of the picture unseen, the symbols lower the cost of the seen half's
+    error plus the bits, a different optimum from the one that also pays for the unseen half."""
+    x, _ = to_tensor(photo_like(48, 64, seed=7))
+    weights = torch.zeros(1, 1, 48, 64)
+    weights[..., :32] = 1
+    if tiled:
+        monkeypatch.setattr(rdo, "MAX_PIXELS", 100)
+        monkeypatch.setattr(rdo, "TILE_PIXELS", 32)
+    nearest = codec.vqvae.encode(x)
+    weighted = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10, weights=weights)
+    plain = rdo.optimize_symbols(codec.vqvae, codec.prior, x, "fast", 10)
+    assert any(not torch.equal(a, b) for a, b in zip(weighted, plain))
+    if not tiled:  # a tile is judged on its own crop; the whole image is judged here
+        seen = x[..., :32]
+
+        def weighted_cost(symbols, exchange=None):
+            with torch.no_grad():
+                mse = float(F.mse_loss(codec.vqvae.decode(symbols, size=x.shape[-2:])[..., :32], seen))
+                bits = float(sum(b.sum() for b in codec.prior.bits(symbols, "fast")))
+            exchange = rdo.RATE_WEIGHT * mse / (bits / x[0, 0].numel()) if exchange is None else exchange
+            return mse + exchange * bits / x[0, 0].numel(), exchange
+
+        start, exchange = weighted_cost(nearest)
+        assert weighted_cost(weighted, exchange)[0] < start

@@ -118,9 +118,11 @@ class Fit:
 
 
 @torch.no_grad()
-def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, designs: tuple[int, ...] = (FILM,)) -> list[Fit]:
+def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, designs: tuple[int, ...] = (FILM,),
+        weights: Tensor | None = None) -> list[Fit]:
     """The rounded least-squares adaptations of `symbols`' decoding towards x (1, 3, H, W) in [0, 1],
-    one per design, in that order.
+    one per design, in that order; with `weights` (1, 1, H, W), weighted least squares, and the
+    errors reported are weighted means (`rdo.squared_error`).
 
     One pass over the picture gathers the normal equations of the per-colour design; the FILM
     design's are a linear map of them (its scale is the same in every colour). A LOOP_FILTER design
@@ -131,20 +133,23 @@ def fit(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, designs: tuple[int, ...
     channels = layer.in_channels
     features = vqvae.last_features(symbols).float()  # the sums run on the CPU, in float64
     x = x.float().cpu()
-    gram, moment, energy = _normal_equations(layer, features.cpu(), x)
-    pixels = 3 * x.shape[-2] * x.shape[-1]
+    roots = weights.float().cpu().clamp_min(0).sqrt() if weights is not None else None  # rows scale by sqrt(w)
+    gram, moment, energy = _normal_equations(layer, features.cpu(), x, roots)
+    pixels = 3 * (x.shape[-2] * x.shape[-1] if roots is None else max(float(roots.pow(2).sum()), 1e-12))
     fits = []
     for design in designs:
         values, after = _solve(gram, moment, energy, _restriction(channels, design & PER_COLOUR))
         adaptation = Adaptation(values, design & PER_COLOUR)
         if design & LOOP_FILTER:
-            adaptation, after = _with_loop_filter(vqvae, features, x, adaptation, design)
+            adaptation, after = _with_loop_filter(vqvae, features, x, adaptation, design, roots)
         fits.append(Fit(adaptation, energy / pixels, max(after, 0.0) / pixels))
     return fits
 
 
-def _normal_equations(layer: nn.Module, features: Tensor, x: Tensor) -> tuple[Tensor, Tensor, float]:
-    """Gram matrix (4 C + 3)^2, moment (4 C + 3) and residual energy of the per-colour design.
+def _normal_equations(layer: nn.Module, features: Tensor, x: Tensor,
+                      roots: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
+    """Gram matrix (4 C + 3)^2, moment (4 C + 3) and residual energy of the per-colour design;
+    with `roots` (1, 1, H, W), each pixel's row scaled by its root weight.
 
     A colour's pixels depend only on its own C scales and offset and on the C shared shifts, so the
     design matrix is mostly zeros: each colour adds the gram of its 2 C + 1 columns to its block
@@ -158,11 +163,13 @@ def _normal_equations(layer: nn.Module, features: Tensor, x: Tensor) -> tuple[Te
     shifts = torch.arange(3 * channels, 4 * channels)
     blocks = [torch.cat([torch.arange(colour * channels, (colour + 1) * channels), shifts,
                          torch.tensor([4 * channels + colour])]) for colour in range(3)]
-    for scaled, shifted, residual in _bands(layer, features, x):
+    for scaled, shifted, residual, root in _bands(layer, features, x, roots):
         n = residual.shape[-1]
         for colour, block in enumerate(blocks):
             columns = torch.cat([scaled[:, colour], shifted[:, colour], torch.ones(1, n)]).double()  # (2 C + 1, n)
             r = residual[colour].double()
+            if root is not None:
+                columns, r = columns * root.double(), r * root.double()
             gram[block[:, None], block] += columns @ columns.T
             moment[block] += columns @ r
             energy += float(r @ r)
@@ -193,7 +200,7 @@ def _solve(gram: Tensor, moment: Tensor, energy: float, restriction: Tensor) -> 
 
 
 def _with_loop_filter(vqvae: VQVAE2, features: Tensor, x: Tensor, adaptation: Adaptation,
-                      design: int) -> tuple[Adaptation, float]:
+                      design: int, roots: Tensor | None = None) -> tuple[Adaptation, float]:
     """The adaptation with a 3x3 cross-colour filter fitted to the picture it decodes to (from the
     decoder's last features, so the decoder does not run again)."""
     affine = adaptation.affine(features.device)
@@ -205,7 +212,7 @@ def _with_loop_filter(vqvae: VQVAE2, features: Tensor, x: Tensor, adaptation: Ad
     gram = torch.zeros(27, 27, dtype=torch.float64)
     moments = torch.zeros(3, 27, dtype=torch.float64)
     energies = [0.0] * 3
-    for around, residuals in _filter_bands(picture, x):
+    for around, residuals in _filter_bands(picture, x, roots):
         gram += around.T @ around
         for colour in range(3):
             moments[colour] += around.T @ residuals[colour]
@@ -218,9 +225,9 @@ def _with_loop_filter(vqvae: VQVAE2, features: Tensor, x: Tensor, adaptation: Ad
     return Adaptation(adaptation.values + tuple(taps), design), after
 
 
-def _filter_bands(picture: Tensor, x: Tensor):
+def _filter_bands(picture: Tensor, x: Tensor, roots: Tensor | None = None):
     """Per band of rows: each pixel's 3x3 neighbourhood in all colours (pixels, 27) and the
-    residual of each colour (3, pixels), float64."""
+    residual of each colour (3, pixels), float64; both scaled by the pixel's root weight, if any."""
     height, width = picture.shape[-2:]
     padded = F.pad(picture, (1, 1, 1, 1), mode="replicate")
     band_rows = max(1, _BAND_PIXELS // width)
@@ -228,6 +235,9 @@ def _filter_bands(picture: Tensor, x: Tensor):
         bottom = min(height, top + band_rows)
         around = F.unfold(padded[..., top : bottom + 2, :], 3)[0].T  # (rows * width, 27)
         residuals = (x[0, :, top:bottom] - picture[0, :, top:bottom]).reshape(3, -1)
+        if roots is not None:
+            root = roots[0, 0, top:bottom].reshape(-1)
+            around, residuals = around * root[:, None], residuals * root
         yield around.double(), residuals.double()
 
 
@@ -269,9 +279,10 @@ def _feature_bands(layer: nn.Module, features: Tensor, height: int):
         yield features[..., lo:hi, :], first, last, y0
 
 
-def _bands(layer: nn.Module, features: Tensor, x: Tensor):
+def _bands(layer: nn.Module, features: Tensor, x: Tensor, roots: Tensor | None = None):
     """Per band of feature rows, real pixels only: each channel's contribution to each colour,
-    scaled (C, 3, n) and as a unit shift (C, 3, n), and the residual x - x_hat (3, n)."""
+    scaled (C, 3, n) and as a unit shift (C, 3, n), the residual x - x_hat (3, n), and the pixels'
+    root weights (n; None without `roots`)."""
     channels, (height, width) = layer.in_channels, x.shape[-2:]
     bias = layer.bias.detach().float().cpu().view(3, 1, 1)
     unit_shifts: dict[tuple[int, ...], Tensor] = {}  # a unit shift's contributions depend on the band's shape only
@@ -282,7 +293,8 @@ def _bands(layer: nn.Module, features: Tensor, x: Tensor):
         shifted = unit_shifts[band.shape][..., first:last, :width]
         x_hat = scaled.sum(0) + bias + 0.5                                                 # (3, h, w)
         residual = x[0, :, y0 : y0 + last - first, :] - x_hat
-        yield scaled.reshape(channels, 3, -1), shifted.reshape(channels, 3, -1), residual.reshape(3, -1)
+        root = roots[0, 0, y0 : y0 + last - first, :].reshape(-1) if roots is not None else None
+        yield scaled.reshape(channels, 3, -1), shifted.reshape(channels, 3, -1), residual.reshape(3, -1), root
 
 
 def channel_contributions(layer: nn.ConvTranspose2d, features: Tensor) -> Tensor:

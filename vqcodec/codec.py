@@ -32,7 +32,7 @@ from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
-from vqcodec.image import ImageInfo, ImageLike, decode_alpha, to_pil, to_tensor
+from vqcodec.image import ImageInfo, ImageLike, decode_alpha, error_weights, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
 from vqcodec.vqvae import VQVAE2, OutputAffine
@@ -115,23 +115,34 @@ class Codec:
             raise VQCodecError(f"optimize must be a whole number of steps >= 0, got {optimize!r}")
         x, info = to_tensor(image)
         x = self._to_coded_size(x, info)
+        weights = self._error_weights(info)
         # With adaptation, the optimisation judges pictures through the correction fitted to the
         # nearest codes (when that one is worth sending), then the correction is refitted to its result.
         pixels = info.height * info.width  # the image's own pixels (not the coded ones) pay for the bytes
-        correction = (lambda nearest: self._correction(nearest, x, pixels)) if adapt_decoder else None
-        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress, correction)
+        correction = (lambda nearest: self._correction(nearest, x, pixels, weights)) if adapt_decoder else None
+        levels = rdo.optimize_symbols(self.vqvae, self.prior, x.to(self.device), order, optimize, progress, correction,
+                                      weights.to(self.device) if weights is not None else None)
         levels = [s.cpu().long() for s in levels]
-        return Symbols(levels, info, self._adaptation(levels, x, pixels) if adapt_decoder else None)
+        return Symbols(levels, info, self._adaptation(levels, x, pixels, weights) if adapt_decoder else None)
 
-    def _correction(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int) -> OutputAffine | None:
+    def _error_weights(self, info: ImageInfo) -> torch.Tensor | None:
+        """Each coded pixel's share of the error (`image.error_weights`) at the coded size; None if opaque."""
+        weights = error_weights(info)
+        if weights is None:
+            return None
+        return resample.resize(weights, self._coded_size(info.height, info.width)).clamp_(0, 1)
+
+    def _correction(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int,
+                    weights: torch.Tensor | None = None) -> OutputAffine | None:
         # The optimisation differentiates through the last layer's correction only, not the filter.
-        adaptation = self._adaptation(levels, x, pixels, (adapt.FILM, adapt.PER_COLOUR))
+        adaptation = self._adaptation(levels, x, pixels, weights, (adapt.FILM, adapt.PER_COLOUR))
         return adaptation.affine(self.device) if adaptation is not None else None
 
-    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int,
+    def _adaptation(self, levels: list[torch.Tensor], x: torch.Tensor, pixels: int, weights: torch.Tensor | None = None,
                     designs: tuple[int, ...] = ADAPTATION_DESIGNS) -> adapt.Adaptation | None:
-        """The best decoder adaptation for these symbols of x (coded size), if any is worth its bytes."""
-        fits = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x, designs)
+        """The best decoder adaptation for these symbols of x (coded size), if any is worth its bytes;
+        weights: each pixel's share of the error (None: all alike)."""
+        fits = adapt.fit(self.vqvae, [s.to(self.device) for s in levels], x, designs, weights)
         fits = [f for f in fits if len(adapt.to_bytes(f.adaptation)) <= bitstream.MAX_ADAPTATION]
         return adapt.best(fits, pixels)
 

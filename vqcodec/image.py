@@ -13,7 +13,9 @@ Transparency: an alpha plane that is not fully opaque travels losslessly beside 
 exactly. The colours of fully transparent pixels are not kept: nobody sees them, so they are
 replaced by colours spread from the visible ones (`_fill_hidden`), which cost fewer bits than the
 photo left under them and, unlike black, do not blur the cut-out's edge
-(`benchmarks/alpha_coding.py`).
+(`benchmarks/alpha_coding.py`). The encoder then weighs each pixel's error by its squared opacity
+(`error_weights`), the error of the picture composited over any background, so it spends no bits
+on the hidden colours and fewer on faint ones.
 
 Colour: the models were trained on sRGB photos and decoded PNGs carry no colour profile, so an
 RGB image with an embedded ICC profile other than sRGB (a phone's Display P3, Adobe RGB) is
@@ -182,6 +184,18 @@ def decode_alpha(data: bytes, height: int, width: int) -> np.ndarray:
             return np.asarray(plane.getchannel(0)).copy()
     except _READ_ERRORS as err:
         raise ImageError(f"the alpha plane is not a readable {kind} image ({err})") from None
+
+
+def error_weights(info: ImageInfo) -> torch.Tensor | None:
+    """How much each pixel's colour error counts, (1, 1, H, W) float32 in [0, 1]: its squared
+    opacity, as a colour error e shows as alpha * e once composited over any background. None for
+    an opaque image, and for a fully transparent one (no weight anywhere: every pixel counts alike)."""
+    if not info.alpha:
+        return None
+    opacity = torch.from_numpy(decode_alpha(info.alpha, info.height, info.width)).float().div_(255)
+    if not bool(opacity.any()):
+        return None
+    return opacity.pow_(2)[None, None]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

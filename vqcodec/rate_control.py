@@ -127,8 +127,15 @@ def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order 
 
 
 def _psnr_8bit(a: Image.Image, b: Image.Image) -> float:
-    """PSNR over 8-bit RGB (as the benchmarks score it; `metrics` is not on the codec's import path), capped."""
-    error = np.mean((np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)) ** 2)
+    """PSNR over 8-bit RGB (as the benchmarks score it; `metrics` is not on the codec's import path), capped.
+    Of an image with transparency, the PSNR of the composited picture: each pixel's error weighted
+    by its squared opacity, what the encoder minimises (`image.error_weights`)."""
+    squares = (np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)) ** 2
+    weights = (np.asarray(a.getchannel("A"), np.float64) / 255) ** 2 if a.mode == "RGBA" else None
+    if weights is not None and weights.any():
+        error = float(np.sum(squares * weights[..., None]) / (3 * np.sum(weights)))
+    else:
+        error = float(np.mean(squares))
     return PSNR_CAP_DB if error == 0 else min(10 * math.log10(255.0**2 / error), PSNR_CAP_DB)
 
 

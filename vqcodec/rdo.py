@@ -16,6 +16,9 @@ coded size) and compared with J of the nearest codes: the better wins, so the re
 worse than nearest codes by J.
 With a decoder correction (`correction`, the per-image adaptation of `vqcodec.adapt` fitted to
 the nearest codes), the distortion is that of the corrected decoder, which the file will carry.
+With `weights` (an image with transparency: each pixel's squared opacity), the distortion is the
+weighted mean squared error, the error of the picture composited over any background, so bits
+are not spent on colours nobody sees.
 The output is ordinary symbols: decoding does not change. The idea is Yang et al. 2020,
 "Improving Inference for Neural Image Compression" (scalar latents); here with vector
 quantization and an autoregressive prior.
@@ -55,7 +58,7 @@ TILE_PIXELS = 1024  # side of those tiles, before the decoder's reach is added a
 
 def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
                      steps: int = DEFAULT_STEPS, progress: Progress | None = None,
-                     correction: Correction | None = None) -> list[Tensor]:
+                     correction: Correction | None = None, weights: Tensor | None = None) -> list[Tensor]:
     """Symbols of one image chosen for rate and distortion.
 
     Args:
@@ -67,6 +70,8 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         progress: called as progress(tiles done, tiles in all) after each tile of a large image.
         correction: called once with the nearest codes; the decoder correction it returns (the
             same for every tile) is applied wherever the optimisation decodes.
+        weights: (1, 1, H, W) float32 in [0, 1] on x's device, how much each pixel's error counts
+            (None: all alike).
     Returns:
         Symbols per level, bottom first, (1, h_l, w_l) int64 on x's device.
     """
@@ -75,13 +80,13 @@ def optimize_symbols(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, order: str,
         return nearest
     affine = correction(nearest) if correction is not None else None
     if x.shape[-2] * x.shape[-1] <= MAX_PIXELS:
-        return _optimized(vqvae, prior, x, vectors, nearest, order, steps, affine)
-    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps, progress, affine)
+        return _optimized(vqvae, prior, x, vectors, nearest, order, steps, affine, weights)
+    return _optimized_in_tiles(vqvae, prior, x, vectors, nearest, order, steps, progress, affine, weights)
 
 
 def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor],
                         nearest: list[Tensor], order: str, steps: int, progress: Progress | None,
-                        affine: OutputAffine | None) -> list[Tensor]:
+                        affine: OutputAffine | None, weights: Tensor | None = None) -> list[Tensor]:
     """`_optimized` tile by tile, so memory stays bounded on large images.
 
     Each tile is optimised as an image of its own together with the decoder's reach around it
@@ -93,8 +98,9 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
     chosen = [s.clone() for s in nearest]
     tiles = vqvae.tiles(*nearest[0].shape[-2:], TILE_PIXELS // scale)
     for done, t in enumerate(tiles, 1):
+        tile_weights = t.crop_pixels(weights, scale) if weights is not None else None
         found = _optimized(vqvae, prior, t.crop_pixels(x, scale), t.crop(vectors, ratios), t.crop(nearest, ratios),
-                           order, steps, affine)
+                           order, steps, affine, tile_weights)
         t.paste(chosen, found, ratios)
         if progress is not None:
             progress(done, len(tiles))
@@ -102,27 +108,30 @@ def _optimized_in_tiles(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: l
 
 
 def _optimized(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor], nearest: list[Tensor],
-               order: str, steps: int, affine: OutputAffine | None = None) -> list[Tensor]:
+               order: str, steps: int, affine: OutputAffine | None = None,
+               weights: Tensor | None = None) -> list[Tensor]:
     """The optimisation proper on one image (or tile): `vectors` and their `nearest` codes are its latents."""
     quantizers = list(vqvae.quantizers)
     pixels = x.shape[-2] * x.shape[-1]
     lengths = CodeLengths(prior, nearest, order, x.device)
-    start_mse, start_bits = _distortion(vqvae, nearest, x, affine), lengths.total(nearest)
+    start_mse, start_bits = _distortion(vqvae, nearest, x, affine, weights), lengths.total(nearest)
     weight = RATE_WEIGHT * start_mse / max(start_bits / pixels, 1e-9)  # this image's exchange rate
-    for moved in descent(vqvae, prior, x, vectors, lengths, order, steps, weight, affine):
+    for moved in descent(vqvae, prior, x, vectors, lengths, order, steps, weight, affine, weights=weights):
         vectors = moved
     final = [q.nearest(z) for q, z in zip(quantizers, vectors)]
     final_bits = CodeLengths(prior, final, order, x.device).total(final)
-    final_cost = _distortion(vqvae, final, x, affine) + weight * final_bits / pixels
+    final_cost = _distortion(vqvae, final, x, affine, weights) + weight * final_bits / pixels
     return final if final_cost < start_mse + weight * start_bits / pixels else nearest
 
 
 def descent(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor], lengths: CodeLengths,
             order: str, steps: int, weight: float, affine: OutputAffine | None = None,
-            learning_rate: Callable[[int], float] | None = None) -> Iterator[list[Tensor]]:
+            learning_rate: Callable[[int], float] | None = None,
+            weights: Tensor | None = None) -> Iterator[list[Tensor]]:
     """The Adam steps on copies of `vectors`, yielding them after each step (the same tensors,
     updated in place). `lengths`: the code lengths of their nearest codes; `weight`: the exchange
-    rate of bits for squared error; `learning_rate(step)`: a schedule (default: LEARNING_RATE)."""
+    rate of bits for squared error; `learning_rate(step)`: a schedule (default: LEARNING_RATE);
+    `weights`: each pixel's share of the squared error (None: all alike)."""
     quantizers = list(vqvae.quantizers)
     pixels = x.shape[-2] * x.shape[-1]
     temperatures: list[float] = []
@@ -140,7 +149,7 @@ def descent(vqvae: VQVAE2, prior: SymbolPrior, x: Tensor, vectors: list[Tensor],
             decoded = vqvae.decode_vectors(_straight_through(quantizers, vectors, symbols), x.shape[-2:], affine)
             rate = sum(_soft_bits(q, z, lengths.at(level, c), c, t)
                        for level, (q, z, c, t) in enumerate(zip(quantizers, vectors, candidates, temperatures)))
-            loss = F.mse_loss(decoded, x) + weight * rate / pixels
+            loss = squared_error(decoded, x, weights) + weight * rate / pixels
             if learning_rate is not None:
                 optimizer.lr = learning_rate(step)
             optimizer.step(torch.autograd.grad(loss, vectors))  # the weights get no gradient
@@ -197,8 +206,17 @@ class CodeLengths:
 
 
 @torch.no_grad()
-def _distortion(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, affine: OutputAffine | None = None) -> float:
-    return float(F.mse_loss(vqvae.decode(symbols, size=x.shape[-2:], affine=affine), x))
+def _distortion(vqvae: VQVAE2, symbols: list[Tensor], x: Tensor, affine: OutputAffine | None = None,
+                weights: Tensor | None = None) -> float:
+    return float(squared_error(vqvae.decode(symbols, size=x.shape[-2:], affine=affine), x, weights))
+
+
+def squared_error(picture: Tensor, x: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean squared error of picture against x (1, 3, H, W); with weights (1, 1, H, W), the
+    weighted mean (0 where every weight is 0: nothing is seen, nothing is wrong)."""
+    if weights is None:
+        return F.mse_loss(picture, x)
+    return ((picture - x).pow(2) * weights).sum() / (3 * weights.sum()).clamp_min(1e-12)
 
 
 def _straight_through(quantizers: list[VectorQuantizer], vectors: list[Tensor], symbols: list[Tensor]) -> list[Tensor]:
