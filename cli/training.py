@@ -61,7 +61,7 @@ def _shared_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., A
         opt("--grad-clip", float, "Max global gradient norm (0: off)."),
         opt("--num-workers", click.IntRange(min=0), "Data-loading processes."),
         opt("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train."),
-        opt("--amp/--no-amp", bool, "bf16 autocast (CUDA only)."),
+        opt("--amp/--no-amp", bool, "bf16 autocast (CUDA, and CPUs with bf16 instructions)."),
         opt("--compile/--no-compile", bool, "torch.compile the model."),
         opt("--log-every", click.IntRange(min=1), "Steps between log lines."),
         opt("--val-every", click.IntRange(min=1), "Steps between validations."),

@@ -564,3 +564,16 @@ def test_prior_training_on_the_encoders_own_symbols_learns_them(images, tmp_path
     for extra in [[], ["--init-prior", str(tiny_model_path), "--order", "raster"]]:
         result = CliRunner().invoke(train_prior_command, [*args, *extra, "--out", str(tmp_path / "b")])
         assert result.exit_code == 2 and "init_prior" in result.output and "one trained order" in result.output
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_training_runs_in_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, has_bf16):
+    from vqcodec import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    rt = runtime.Runtime(device=torch.device("cpu"))
+    with runtime.autocast(rt, True):
+        assert torch.is_autocast_enabled("cpu") is has_bf16
+        assert (torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16) is has_bf16
+    with runtime.autocast(rt, False):
+        assert not torch.is_autocast_enabled("cpu")

@@ -66,7 +66,7 @@ class RunSettings:
     grad_clip: float = 1.0              # max global grad norm; 0 disables
     num_workers: int = 2
     device: str = "auto"                # "auto" | "cpu" | "cuda"
-    amp: bool = True                    # bf16 autocast, CUDA only
+    amp: bool = True                    # bf16 autocast: CUDA, and CPUs with bf16 instructions
     compile: bool = False               # torch.compile
     log_every: int = 10
     val_every: int = 1000
