@@ -109,6 +109,8 @@ class Codec:
         optimised tile by tile (minutes on a CPU).
         adapt_decoder: fit the per-image decoder correction (`vqcodec.adapt`) and keep it when it
         is worth its bytes; False writes none (a little smaller file, a little worse picture).
+        An image with transparency is coded for its composited picture: both steps weigh each
+        pixel's error by its squared opacity (`image.error_weights`).
         """
         _check_order(order)
         if not isinstance(optimize, int) or isinstance(optimize, bool) or optimize < 0:
