@@ -117,3 +117,22 @@ def test_the_quality_of_an_image_with_transparency_is_that_of_its_composited_pic
     original = Image.fromarray(np.dstack([rgb, alpha]))
     assert _psnr_8bit(original, Image.fromarray(np.dstack([other, alpha]))) == pytest.approx(seen)
     assert _psnr_8bit(Image.fromarray(rgb), Image.fromarray(other)) < seen - 10  # opaque: every pixel counts
+
+
+@pytest.mark.parametrize("choose", ["target", "slope"])
+def test_rate_control_converts_the_input_once_and_writes_the_models_own_file(monkeypatch, tiny_model_path, choose):
+    """An RGBA input is converted (its hidden colours filled, its alpha plane coded) once, however
+    many models are tried, and the file is the one the chosen model writes for the image itself."""
+    import vqcodec.image as image_module
+
+    rgba = np.dstack([photo_like(24, 32, seed=5), np.tile(np.linspace(0, 255, 32).astype(np.uint8), (24, 1))])
+    models = [tiny_model_path, tiny_model_path]
+    conversions = []
+    real_encode_alpha = image_module.encode_alpha
+    monkeypatch.setattr(image_module, "encode_alpha", lambda alpha: conversions.append(1) or real_encode_alpha(alpha))
+    if choose == "target":
+        name, data = compress_to_target(rgba, 100.0, models=models, optimize=2)
+    else:
+        name, data = compress_at_slope(rgba, 10.0, models=models, optimize=2)
+    assert len(conversions) == 1
+    assert data == Codec.load(tiny_model_path).compress(rgba, optimize=2)

@@ -50,8 +50,6 @@ MAX_PIXELS = 1 << 27  # ~134 MP: larger inputs would need more memory than a cod
 # What Pillow's readers raise for a file that is not a (supported, intact) image.
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
-
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -61,6 +59,18 @@ class ImageInfo:
     height: int
     width: int
     alpha: bytes = b""  # RGBA with transparency: the alpha plane, losslessly coded (`encode_alpha`)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """An input already through `to_tensor`, to hand to several models without converting it again
+    (opening, colour management, the hidden colours' fill, the alpha plane's coding)."""
+
+    x: torch.Tensor
+    info: ImageInfo
+
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, Converted]
 
 
 def open_image(path: str | Path | BinaryIO) -> Image.Image:
@@ -125,6 +135,8 @@ def to_tensor(image: ImageLike) -> tuple[torch.Tensor, ImageInfo]:
     Returns:
         x: (1, 3, H, W) float32 in [0, 1] on the CPU, and the ImageInfo to restore the input's mode.
     """
+    if isinstance(image, Converted):
+        return image.x.clone(), image.info
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image)
     if isinstance(image, Image.Image):

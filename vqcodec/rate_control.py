@@ -17,7 +17,6 @@ decoded picture); the chosen model's file is then exactly what `Codec.compress` 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from PIL import Image
 from vqcodec import rdo
 from vqcodec.codec import Codec, Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import ImageInfo, ImageLike, open_image, to_pil, to_tensor
+from vqcodec.image import Converted, ImageInfo, ImageLike, to_pil, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -80,18 +79,16 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
 
 
 def _image_and_codecs(image: ImageLike, models: Sequence[str | Path] | None, device: str
-                      ) -> tuple[ImageLike, ImageInfo, list[Codec]]:
-    """The image (opened once, not once per model), its info, and the candidate models' codecs.
+                      ) -> tuple[Converted, ImageInfo, list[Codec]]:
+    """The image (converted once, not once per model), its info, and the candidate models' codecs.
 
     A bad image or an empty model list is refused before any model is loaded.
     """
     candidates = list(models) if models is not None else list_models()
     if not candidates:
         raise VQCodecError("no models to choose from: none are bundled and none were given")
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)
-    _, info = to_tensor(image)
-    return image, info, [cached_codec(model, device) for model in candidates]
+    converted = Converted(*to_tensor(image))
+    return converted, converted.info, [cached_codec(model, device) for model in candidates]
 
 
 # PSNR of a near-perfect picture is capped here so that an exact one (infinite PSNR) still compares.
@@ -115,12 +112,12 @@ def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order 
                         adapt_decoder: bool = True) -> list[Point]:
     """Each model's point for `image`: estimated file bpp and the PSNR (8-bit RGB) of its nearest codes
     (decoded with their decoder adaptation, which the file size then includes, unless adapt_decoder is False)."""
-    x, info = to_tensor(image)
-    original = to_pil(x, info)
-    pixels = info.height * info.width
+    converted = Converted(*to_tensor(image))
+    original = to_pil(converted.x, converted.info)
+    pixels = converted.info.height * converted.info.width
     points = []
     for codec in codecs:
-        symbols = codec.encode(original, order=order, optimize=0, adapt_decoder=adapt_decoder)
+        symbols = codec.encode(converted, order=order, optimize=0, adapt_decoder=adapt_decoder)
         psnr = _psnr_8bit(original, codec.decode(symbols))
         points.append(Point(codec.name, codec.file_bits(symbols, order=order) / pixels, psnr))
     return points
