@@ -105,6 +105,7 @@ def test_slope_refuses_bad_inputs_before_loading_a_model(tiny_model_path):
 
 
 def test_the_quality_of_an_image_with_transparency_is_that_of_its_composited_picture():
+    from vqcodec.image import error_weights, to_tensor
     from vqcodec.rate_control import _psnr_8bit
 
     rgb = photo_like(8, 10)
@@ -115,7 +116,8 @@ def test_the_quality_of_an_image_with_transparency_is_that_of_its_composited_pic
     other[:, 5:] = np.clip(other[:, 5:].astype(int) + 4, 0, 255)  # and a little wrong where they do
     seen = 10 * np.log10(255**2 / np.mean((other[:, 5:].astype(float) - rgb[:, 5:]) ** 2))
     original = Image.fromarray(np.dstack([rgb, alpha]))
-    assert _psnr_8bit(original, Image.fromarray(np.dstack([other, alpha]))) == pytest.approx(seen)
+    weights = error_weights(to_tensor(original)[1])
+    assert _psnr_8bit(original, Image.fromarray(np.dstack([other, alpha])), weights) == pytest.approx(seen)
     assert _psnr_8bit(Image.fromarray(rgb), Image.fromarray(other)) < seen - 10  # opaque: every pixel counts
 
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from vqcodec import rdo
 from vqcodec.codec import Codec, Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import Converted, ImageInfo, ImageLike, to_pil, to_tensor
+from vqcodec.image import Converted, ImageInfo, ImageLike, error_weights, to_pil, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -114,25 +115,21 @@ def nearest_code_points(image: ImageLike, codecs: Sequence[Codec], order: Order 
     (decoded with their decoder adaptation, which the file size then includes, unless adapt_decoder is False)."""
     converted = Converted(*to_tensor(image))
     original = to_pil(converted.x, converted.info)
+    weights = error_weights(converted.info)  # an image with transparency is judged composited, as coded
     pixels = converted.info.height * converted.info.width
     points = []
     for codec in codecs:
         symbols = codec.encode(converted, order=order, optimize=0, adapt_decoder=adapt_decoder)
-        psnr = _psnr_8bit(original, codec.decode(symbols))
+        psnr = _psnr_8bit(original, codec.decode(symbols), weights)
         points.append(Point(codec.name, codec.file_bits(symbols, order=order) / pixels, psnr))
     return points
 
 
-def _psnr_8bit(a: Image.Image, b: Image.Image) -> float:
-    """PSNR over 8-bit RGB (as the benchmarks score it; `metrics` is not on the codec's import path), capped.
-    Of an image with transparency, the PSNR of the composited picture: each pixel's error weighted
-    by its squared opacity, what the encoder minimises (`image.error_weights`)."""
-    squares = (np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)) ** 2
-    weights = (np.asarray(a.getchannel("A"), np.float64) / 255) ** 2 if a.mode == "RGBA" else None
-    if weights is not None and weights.any():
-        error = float(np.sum(squares * weights[..., None]) / (3 * np.sum(weights)))
-    else:
-        error = float(np.mean(squares))
+def _psnr_8bit(a: Image.Image, b: Image.Image, weights: torch.Tensor | None = None) -> float:
+    """PSNR over 8-bit RGB (as the benchmarks score it; `metrics` is not on the codec's import path), capped;
+    with `weights` (`image.error_weights`), of the composited picture, the error the encoder minimises."""
+    x, y = (torch.from_numpy(np.asarray(image.convert("RGB"), np.float64)).permute(2, 0, 1)[None] for image in (a, b))
+    error = float(rdo.squared_error(y, x, weights.double() if weights is not None else None))
     return PSNR_CAP_DB if error == 0 else min(10 * math.log10(255.0**2 / error), PSNR_CAP_DB)
 
 
