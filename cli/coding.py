@@ -1,4 +1,4 @@
-"""compress / decompress / info / models: file handling around vqcodec.codec.Codec.
+"""compress / decompress: file handling around vqcodec.codec.Codec.
 
 Every failure a user can cause is one line on stderr and a non-zero exit; outputs are written to a
 temporary sibling and renamed into place, so a failure never leaves half a file behind.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
@@ -18,17 +17,17 @@ import click
 from click.core import ParameterSource
 from PIL import Image
 
-from vqcodec import adapt, bitstream
+from vqcodec import bitstream
+from vqcodec.cli.stdio import STDIO, read_input, read_stdin, shown
 from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import ImageError, VQCodecError
 from vqcodec.files import write_atomically
-from vqcodec.image import ALPHA_PNG, ALPHA_WEBP, ImageLike, open_image
-from vqcodec.models import DEFAULT, RESAMPLED, list_models, model_card, resolve_recorded
+from vqcodec.image import ImageLike, open_image
+from vqcodec.models import DEFAULT, resolve_recorded
 from vqcodec.rate_control import compress_at_slope, compress_to_target
 from vqcodec.rdo import DEFAULT_STEPS
 
 DEVICES = click.Choice(["cpu", "cuda"])
-STDIO = Path("-")  # an input or output of '-': standard input or output, as Unix tools read it
 
 
 class _Failures:
@@ -39,7 +38,7 @@ class _Failures:
 
     def report(self, path: Path, err: Exception) -> None:
         self.count += 1
-        click.echo(f"error: {_shown(path, '<stdin>')}: {err}", err=True)
+        click.echo(f"error: {shown(path, '<stdin>')}: {err}", err=True)
 
     def exit(self) -> None:
         if self.count:
@@ -86,7 +85,7 @@ def compress_command(inputs: Sequence[Path], output: str | None, model: str, tar
                     name = codec.name
             _write(dst, lambda out: out.write(data))
             bpp = 8 * len(data) / (image.width * image.height)
-            click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {len(data)} bytes, {bpp:.4f} bpp "
+            click.echo(f"{shown(src, '<stdin>')} -> {shown(dst, '<stdout>')}: {len(data)} bytes, {bpp:.4f} bpp "
                        f"({image.width}x{image.height}, {name})", err=dst == STDIO)
         except (VQCodecError, OSError) as err:
             failures.report(src, err)
@@ -112,7 +111,7 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
     for src, dst in _progress(pairs):
         try:
             _refuse_overwrite(src, dst, force)
-            data = _read(src)
+            data = read_input(src)
             header = bitstream.read_header(data)
             kind, options = _output_format(dst)
             if header.alpha and kind not in WITH_ALPHA:  # Pillow would drop the alpha without a word
@@ -121,79 +120,11 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
             codec = given or cached_codec(resolve_recorded(header.model_name), device)
             image = codec.decompress(data)
             _write(dst, lambda out: image.save(out, format=kind, **options))
-            click.echo(f"{_shown(src, '<stdin>')} -> {_shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
+            click.echo(f"{shown(src, '<stdin>')} -> {shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
                        err=dst == STDIO)
         except (VQCodecError, OSError) as err:
             failures.report(src, err)
     failures.exit()
-
-
-@click.command("info")
-@click.argument("path", type=click.Path(path_type=Path))
-def info_command(path: Path) -> None:
-    """Show the header of a .vqc file ('-': standard input)."""
-    try:
-        data = _read(path)
-        header, chunks = bitstream.unpack(data)
-    except (VQCodecError, OSError) as err:
-        raise click.ClickException(f"{path}: {err}") from None
-    pixels = header.width * header.height
-    click.echo(f"file:     {_shown(path, '<stdin>')} ({len(data)} bytes, {8 * len(data) / pixels:.4f} bpp)")
-    arithmetic = "exact prior" if header.version >= 3 else "float32 prior: decodes where float32 sums match the writer's"
-    click.echo(f"format:   version {header.version} ({arithmetic})")
-    click.echo(f"model:    {header.model_name} (weights {header.weights_digest.hex()})")
-    scaled = RESAMPLED.get(header.model_name)
-    coded = f", coded at x{scaled[1]:g} with {scaled[0]}'s networks" if scaled else ""
-    click.echo(f"image:    {header.width}x{header.height} {header.mode}{coded}")
-    click.echo(f"order:    {header.order}")
-    maps = ", ".join(f"{h}x{w}" for h, w in reversed(header.level_shapes))
-    click.echo(f"levels:   {len(header.level_shapes)} (top to bottom: {maps})")
-    click.echo(f"payload:  {' + '.join(str(len(c)) for c in chunks)} bytes (header {len(data) - sum(map(len, chunks))})")
-    click.echo(f"symbols:  crc32 {header.symbols_crc:08x}")
-    if header.version >= bitstream.ADAPTATION_VERSION:
-        adapted = f"{len(header.adaptation)} bytes" if header.adaptation else "none"
-        if header.adaptation and header.version >= bitstream.DESIGN_VERSION:
-            adapted += f", {_DESIGN_NAMES.get(header.adaptation[0], f'unknown design {header.adaptation[0]}')}"
-        click.echo(f"adapted:  {adapted} (per-image decoder correction)")
-    if header.alpha:
-        coding = {ALPHA_PNG: "PNG", ALPHA_WEBP: "WebP lossless"}.get(header.alpha[0], "unknown coding")
-        click.echo(f"alpha:    {len(header.alpha)} bytes ({coding}, exact)")
-
-
-# What each design of the adaptation field (docs/bitstream.md §2.2) corrects, for `info`.
-_DESIGN_NAMES = {adapt.FILM: "scale per channel", adapt.PER_COLOUR: "scale per channel and colour",
-                 adapt.FILM | adapt.LOOP_FILTER: "scale per channel, 3x3 colour filter",
-                 adapt.PER_COLOUR | adapt.LOOP_FILTER: "scale per channel and colour, 3x3 colour filter"}
-
-
-@click.command("models")
-@click.argument("name", required=False)
-def models_command(name: str | None) -> None:
-    """List the bundled models, lowest rate first; with NAME, show that model's card."""
-    if name is not None:
-        try:
-            card = model_card(DEFAULT if name == "default" else name)
-        except VQCodecError as err:
-            raise click.ClickException(f"{err}; bundled models: {', '.join(list_models()) or 'none installed'}") from None
-        click.echo(card.rstrip() or f"{name}: no model card installed")
-        return
-    names = list_models()
-    if not names:
-        raise click.ClickException("no bundled models are installed")
-    for name in names:
-        card = model_card(name)
-        title = next((line for line in card.splitlines() if line.strip()), "")
-        summary = title.split(": ", 1)[1] if ": " in title else ""  # the card's title is "# name: summary"
-        described = "; ".join(part for part in (summary, _measured(card)) if part)
-        click.echo(f"{name}{' (default)' if name == DEFAULT else ''}  {described}".rstrip())
-
-
-def _measured(card: str) -> str:
-    """The card's first Kodak measurement (the default fast order) as "Kodak 0.297 bpp, 27.80 dB", or ""."""
-    values = dict(re.findall(r"^- (bpp|PSNR \(dB\)): ([0-9.]+)$", card, flags=re.MULTILINE)[:2])
-    if set(values) != {"bpp", "PSNR (dB)"}:
-        return ""
-    return f"Kodak {float(values['bpp']):.3f} bpp, {float(values['PSNR (dB)']):.2f} dB"
 
 
 def _load(model: str, device: str) -> Codec:
@@ -337,13 +268,9 @@ def _with_open(path: Path, write: Callable[[BinaryIO], object]) -> None:
         write(out)
 
 
-def _shown(path: Path, stream: str) -> str:
-    return stream if path == STDIO else str(path)
-
-
 def _open_input(src: Path) -> Image.Image:
     """The image to compress; a .vqc file given by mistake is named as such."""
-    data = _read_stdin() if src == STDIO else None
+    data = read_stdin() if src == STDIO else None
     try:
         return open_image(src if data is None else io.BytesIO(data))
     except ImageError:
@@ -353,19 +280,3 @@ def _open_input(src: Path) -> Image.Image:
         if data is not None and data.startswith(bitstream.MAGIC):
             raise ImageError("a .vqc file, not an image: `vqcodec decompress` turns it back into one") from None
         raise
-
-
-def _read_stdin() -> bytes:
-    if sys.stdin.isatty():
-        raise VQCodecError("'-' reads standard input, which is a terminal; pipe or redirect a file into it")
-    return sys.stdin.buffer.read()
-
-
-def _read(path: Path) -> bytes:
-    if path == STDIO:
-        return _read_stdin()
-    if path.is_dir():
-        raise VQCodecError("is a folder, not a .vqc file")
-    if not path.is_file():
-        raise VQCodecError("no such file")
-    return path.read_bytes()

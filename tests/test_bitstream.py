@@ -361,3 +361,12 @@ def test_golden_alpha_header() -> None:
         path.write_bytes(data)
     assert path.read_bytes() == data
     assert unpack(data)[0] == replace(unpack(golden_header_file())[0], version=6, alpha=ALPHA)
+
+
+def test_every_adaptation_design_has_a_name():
+    from vqcodec import adapt, bitstream
+
+    names = [bitstream.design_name(design) for design in adapt.DESIGNS]
+    assert len(set(names)) == len(adapt.DESIGNS) and not any("unknown" in name for name in names)
+    assert bitstream.design_name(adapt.PER_COLOUR | adapt.LOOP_FILTER) == "scale per channel and colour, 3x3 colour filter"
+    assert bitstream.design_name(4) == "unknown design 4"

@@ -56,3 +56,29 @@ def test_no_top_level_cli_package_is_installed(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+EXPECTED = ROOT / "tests" / "expected"
+
+
+@pytest.mark.parametrize("args", [["--version"], ["models"], ["models", "vqc-3"],
+                                  ["info", str(EXPECTED / "header_v6.bin")], ["info", str(EXPECTED / "header_v2.bin")]])
+def test_info_and_models_answer_without_importing_torch(args):
+    """They read headers and model cards; importing torch would add about 1.5 s to each."""
+    probe = ("import sys\nfrom vqcodec.cli.main import app\ntry:\n    app(sys.argv[1:], prog_name='vqcodec')\n"
+             "except SystemExit as end:\n    print('exit', end.code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == "exit 0 False", out.stdout + out.stderr
+
+
+def test_every_command_loads():
+    import click
+
+    from vqcodec.cli.main import COMMANDS, app
+
+    ctx = click.Context(app)
+    for name in COMMANDS:
+        command = app.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.callback is not None, name
+    assert app.get_command(ctx, "evaluate") is app.get_command(ctx, "bench")
+    assert app.get_command(ctx, "no-such-command") is None

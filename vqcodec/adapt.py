@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqcodec import bitstream
 from vqcodec.vqvae import VQVAE2, OutputAffine
 
 __all__ = ["Adaptation", "STEP", "MIN_GAIN_DB_PER_BPP", "parameter_count", "fit", "Fit", "best", "worth_sending", "apply_loop_filter",
@@ -38,9 +39,9 @@ MAX_RICE_QUOTIENT = 64           # longest unary part a reader accepts (bounds a
 _BAND_PIXELS = 1 << 16           # output pixels per band while fitting: ~100 MB of design matrix
 
 
-FILM = 0            # design: scale and shift per channel, offset per colour (2 C + 3)
-PER_COLOUR = 1      # design flag: a scale per channel and colour instead (4 C + 3)
-LOOP_FILTER = 2     # design flag: then a 3x3 cross-colour filter on the picture (81 more)
+FILM = 0                                  # design: scale and shift per channel, offset per colour (2 C + 3)
+PER_COLOUR = bitstream.DESIGN_PER_COLOUR  # design flag: a scale per channel and colour instead (4 C + 3)
+LOOP_FILTER = bitstream.DESIGN_LOOP_FILTER  # design flag: then a 3x3 cross-colour filter on the picture (81 more)
 DESIGNS = (FILM, PER_COLOUR, FILM | LOOP_FILTER, PER_COLOUR | LOOP_FILTER)
 FILTER_TAPS = 81    # 3 output colours x 3 input colours x 3 x 3
 

@@ -30,7 +30,8 @@ from typing import Iterable, Union
 from vqcodec.errors import BitstreamError
 
 __all__ = ["MAGIC", "VERSION", "ALPHA_VERSION", "NEWEST", "READABLE_VERSIONS", "Header", "pack", "unpack",
-           "read_header", "symbols_checksum", "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name"]
+           "read_header", "symbols_checksum", "MAX_LEVELS", "MAX_SIDE", "MAX_ADAPTATION", "DESIGN_VERSION", "MAX_PIXELS", "MAX_SYMBOLS", "MAX_NAME_LENGTH", "check_model_name",
+           "DESIGN_PER_COLOUR", "DESIGN_LOOP_FILTER", "design_name", "ALPHA_PNG", "ALPHA_WEBP", "ALPHA_CODINGS"]
 
 MAGIC = b"VQC"
 VERSION = 5  # what writers produce; 5: the adaptation field starts with its design (vqcodec.adapt)
@@ -45,6 +46,13 @@ NEWEST = READABLE_VERSIONS[-1]
 ADAPTATION_VERSION = 4       # the first version with the adaptation field
 DESIGN_VERSION = 5           # the first version whose adaptation field names its design
 MAX_ADAPTATION = 4096        # bytes; the bundled models' adaptations take about 70
+# From DESIGN_VERSION on, the adaptation field's first byte is a bit set naming the correction's
+# design (vqcodec.adapt fits and reads the numbers after it; `vqcodec info` names it):
+DESIGN_PER_COLOUR = 0x01     # a scale per channel and colour, instead of one per channel
+DESIGN_LOOP_FILTER = 0x02    # then a 3x3 cross-colour filter on the corrected picture
+# The alpha field's first byte names how the plane is coded (vqcodec.image codes and decodes it):
+ALPHA_PNG, ALPHA_WEBP = 0, 1
+ALPHA_CODINGS = {ALPHA_PNG: "PNG", ALPHA_WEBP: "WebP lossless"}
 
 MAX_SIDE = 65535                 # image sides and symbol-map sides
 MAX_PIXELS = 1 << 28             # width * height (16384 x 16384): bounds what a reader allocates
@@ -74,6 +82,14 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def design_name(design: int) -> str:
+    """What an adaptation design byte corrects, in words ("unknown design N" for other values)."""
+    if not 0 <= design <= DESIGN_PER_COLOUR | DESIGN_LOOP_FILTER:
+        return f"unknown design {design}"
+    name = "scale per channel and colour" if design & DESIGN_PER_COLOUR else "scale per channel"
+    return f"{name}, 3x3 colour filter" if design & DESIGN_LOOP_FILTER else name
 
 
 def check_model_name(name: object) -> None:

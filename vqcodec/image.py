@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
+from vqcodec.bitstream import ALPHA_PNG, ALPHA_WEBP
 from vqcodec.errors import ImageError
 
 MODES = ("RGB", "L", "RGBA")
@@ -159,9 +160,8 @@ def to_pil(x: torch.Tensor, info: ImageInfo) -> Image.Image:
     return image
 
 
-# The alpha field's first byte names its coding: WebP's lossless mode (about half PNG's size on
-# cut-outs and soft edges) where WebP can hold the picture, else PNG.
-ALPHA_PNG, ALPHA_WEBP = 0, 1
+# The alpha field's first byte names its coding (bitstream.ALPHA_CODINGS): WebP's lossless mode
+# (about half PNG's size on cut-outs and soft edges) where WebP can hold the picture, else PNG.
 WEBP_MAX_SIDE = 16383
 
 

@@ -5,7 +5,7 @@ model, optimizer, resume, loop, save. The cadence (logging, validation,
 checkpoints, the time limit) lives in `runtime.run_loop`.
 
 Single process:  train_vqvae(TrainConfig(data="train/", out="runs/vq"))
-Several GPUs:    torchrun --nproc_per_node 4 -m vqcodec.cli.main train ...
+Several GPUs:    torchrun --nproc_per_node 4 -m vqcodec.cli train ...
                  (RANK / LOCAL_RANK / WORLD_SIZE are read from the environment)
 Chunked runs:    max_minutes=9, resume=True: each call continues from out/state.pt.
 
