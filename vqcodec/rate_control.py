@@ -28,7 +28,7 @@ from PIL import Image
 from vqcodec import rdo
 from vqcodec.codec import Codec, Order, cached_codec
 from vqcodec.errors import VQCodecError
-from vqcodec.image import Converted, ImageInfo, ImageLike, error_weights, to_pil, to_tensor
+from vqcodec.image import Converted, ImageLike, error_weights, to_pil, to_tensor
 from vqcodec.models import list_models
 
 # A bound on what rate-distortion optimisation saves against the nearest codes' rate (measured: 1.5
@@ -58,8 +58,8 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
     """
     if not _is_positive_number(target_bpp):
         raise VQCodecError(f"the bpp target must be a positive number (got {target_bpp!r})")
-    image, info, codecs = _image_and_codecs(image, models, device)
-    pixels = info.height * info.width
+    image, codecs = _image_and_codecs(image, models, device)
+    pixels = image.info.height * image.info.width
     estimate = {codec: codec.estimate_bits(image, order=order, optimize=0, container=True,
                                            adapt_decoder=adapt_decoder) / pixels
                 for codec in codecs}
@@ -80,16 +80,15 @@ def compress_to_target(image: ImageLike, target_bpp: float, *, models: Sequence[
 
 
 def _image_and_codecs(image: ImageLike, models: Sequence[str | Path] | None, device: str
-                      ) -> tuple[Converted, ImageInfo, list[Codec]]:
-    """The image (converted once, not once per model), its info, and the candidate models' codecs.
+                      ) -> tuple[Converted, list[Codec]]:
+    """The image (converted once, not once per model) and the candidate models' codecs.
 
     A bad image or an empty model list is refused before any model is loaded.
     """
     candidates = list(models) if models is not None else list_models()
     if not candidates:
         raise VQCodecError("no models to choose from: none are bundled and none were given")
-    converted = Converted(*to_tensor(image))
-    return converted, converted.info, [cached_codec(model, device) for model in candidates]
+    return Converted(*to_tensor(image)), [cached_codec(model, device) for model in candidates]
 
 
 # PSNR of a near-perfect picture is capped here so that an exact one (infinite PSNR) still compares.
@@ -157,7 +156,7 @@ def compress_at_slope(image: ImageLike, slope: float, *, models: Sequence[str | 
     """
     if not _is_positive_number(slope):
         raise VQCodecError(f"the slope must be a positive number of dB per bpp (got {slope!r})")
-    image, _, codecs = _image_and_codecs(image, models, device)
+    image, codecs = _image_and_codecs(image, models, device)
     chosen = codecs[best_at_slope(nearest_code_points(image, codecs, order, adapt_decoder), slope)]
     return chosen.name, chosen.compress(image, order=order, optimize=optimize, progress=progress,
                                         adapt_decoder=adapt_decoder)
