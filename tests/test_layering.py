@@ -61,14 +61,15 @@ def test_no_top_level_cli_package_is_installed(tmp_path):
 EXPECTED = ROOT / "tests" / "expected"
 
 
-@pytest.mark.parametrize("args", [["--version"], ["models"], ["models", "vqc-3"],
-                                  ["info", str(EXPECTED / "header_v6.bin")], ["info", str(EXPECTED / "header_v2.bin")]])
-def test_info_and_models_answer_without_importing_torch(args):
-    """They read headers and model cards; importing torch would add about 1.5 s to each."""
+@pytest.mark.parametrize("args, code", [(["--version"], 0), (["--help"], 0), ([], 2), (["models"], 0),
+                                        (["models", "vqc-3"], 0), (["info", str(EXPECTED / "header_v6.bin")], 0),
+                                        (["info", str(EXPECTED / "header_v2.bin")], 0)])
+def test_help_info_and_models_answer_without_importing_torch(args, code):
+    """They read summaries, headers and model cards; importing torch would add about 1.5 s to each."""
     probe = ("import sys\nfrom vqcodec.cli.main import app\ntry:\n    app(sys.argv[1:], prog_name='vqcodec')\n"
              "except SystemExit as end:\n    print('exit', end.code, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
-    assert out.stdout.splitlines()[-1] == "exit 0 False", out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == f"exit {code} False", out.stdout + out.stderr  # bare `vqcodec`: help, as a usage error
 
 
 def test_every_command_loads():
@@ -82,3 +83,15 @@ def test_every_command_loads():
         assert isinstance(command, click.Command) and command.callback is not None, name
     assert app.get_command(ctx, "evaluate") is app.get_command(ctx, "bench")
     assert app.get_command(ctx, "no-such-command") is None
+
+
+def test_listed_summaries_are_the_commands_own():
+    """`vqcodec --help` lists COMMANDS' summaries; each must be the first paragraph of its command's help."""
+    import click
+
+    from vqcodec.cli.main import COMMANDS, app
+
+    ctx = click.Context(app)
+    for name, (_, summary) in COMMANDS.items():
+        first_paragraph = " ".join(app.get_command(ctx, name).help.split("\n\n")[0].split())
+        assert summary == first_paragraph, name
