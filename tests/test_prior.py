@@ -172,6 +172,51 @@ def test_bits_and_loss_agree(prior):
     torch.testing.assert_close(sum(b.sum() for b in bits) * torch.log(torch.tensor(2.0)) / symbols, loss)
 
 
+def reference_nats(prior: SymbolPrior, levels: list[torch.Tensor], order: str) -> list[torch.Tensor]:
+    """Per level (B,) nats as first written: cross-entropy over whole-map logits, the fast order's
+    assembled from its passes run as the input convolution (`pass_logits`, no tables)."""
+    out = []
+    for level, symbols in enumerate(levels):
+        net = prior.networks(order)[level]  # type: ignore[arg-type]
+        features = net.features(levels[level + 1] if level + 1 < len(levels) else None, *symbols.shape[-2:])
+        if order == "raster":
+            logits = net(symbols, features)
+        else:
+            hp, wp = net.padded_size(*symbols.shape[-2:])
+            padded = torch.nn.functional.pad(symbols, (0, wp - symbols.shape[-1], 0, hp - symbols.shape[-2]))
+            by_phase = [None] * len(net.order)
+            for g, (a, b) in enumerate(net.order):
+                visible = net.visibility(*symbols.shape[-2:], g)
+                by_phase[a * net.side + b] = net.pass_logits(padded * (visible[:, 0] > 0), visible, features)
+            stacked = torch.stack(by_phase, dim=2).flatten(1, 2)
+            logits = torch.nn.functional.pixel_shuffle(stacked, net.side)[..., : symbols.shape[-2], : symbols.shape[-1]]
+        out.append(torch.nn.functional.cross_entropy(logits, symbols, reduction="none").flatten(1).sum(1))
+    return out
+
+
+@pytest.mark.parametrize("order", ["fast", "raster"])
+def test_bits_loss_and_gradients_match_the_whole_map_logits(prior, order):
+    """bits/loss skip assembling the whole map's logits (the fast order scores each pass against its
+    phase, padding ignored, and looks its input projection up in tables); they must give the numbers
+    and gradients of cross-entropy over the whole-map logits."""
+    levels = random_levels(9, batch=2)  # odd sizes: both levels' group grids are padded
+    expected = reference_nats(prior, levels, order)
+    for bits, nats in zip(prior.bits(levels, order), expected):  # type: ignore[arg-type]
+        torch.testing.assert_close(bits * torch.log(torch.tensor(2.0)), nats)
+    for logits, symbols, nats in zip(prior.logits(levels, order), levels, expected):  # type: ignore[arg-type]
+        from_logits = torch.nn.functional.cross_entropy(logits, symbols, reduction="none").flatten(1).sum(1)
+        torch.testing.assert_close(from_logits, nats)
+    prior.zero_grad()
+    (sum(n.sum() for n in expected) / sum(s.numel() for s in levels)).backward()
+    reference_grads = [p.grad.clone() for p in prior.networks(order).parameters()]  # type: ignore[union-attr]
+    prior.zero_grad()
+    prior.loss(levels, order).backward()  # type: ignore[arg-type]
+    grads = [p.grad for p in prior.networks(order).parameters()]  # type: ignore[union-attr]
+    for mine, theirs in zip(grads, reference_grads):
+        torch.testing.assert_close(mine, theirs)
+    prior.zero_grad()
+
+
 @pytest.mark.parametrize("order", ["fast", "raster"])
 def test_loss_decreases_on_a_repeated_batch(order):
     torch.manual_seed(1)

@@ -251,19 +251,11 @@ class SymbolPrior(nn.Module):
 
     def logits(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
         """Teacher-forced logits: per level (B, h_l, w_l) int64 -> per level (B, K_l, h_l, w_l) float32."""
-        self._check(symbols, order)
-        out = []
-        for level, level_symbols in enumerate(symbols):
-            context = symbols[level + 1] if level + 1 < self.config.levels else None
-            net = self.networks(order)[level]
-            out.append(net(level_symbols, net.features(context, *level_symbols.shape[-2:])))
-        return out
+        return self._per_level(symbols, order, lambda net: net)
 
     def bits(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
         """Per level (B,) float32: total bits of each map under the teacher-forced prior."""
-        logits = self.logits(symbols, order)
-        return [F.cross_entropy(z, s, reduction="none").flatten(1).sum(1) / math.log(2)
-                for z, s in zip(logits, symbols)]
+        return [nats / math.log(2) for nats in self._nats(symbols, order)]
 
     @torch.no_grad()
     def bits_in_bands(self, symbols: list[Tensor], order: Order, band_rows: int = 16,
@@ -288,9 +280,24 @@ class SymbolPrior(nn.Module):
 
     def loss(self, symbols: list[Tensor], order: Order) -> Tensor:
         """() mean nats per symbol over all symbols of all levels (levels weighted by their size)."""
-        logits = self.logits(symbols, order)
-        total = sum(F.cross_entropy(z, s, reduction="sum") for z, s in zip(logits, symbols))
+        total = sum(nats.sum() for nats in self._nats(symbols, order))
         return total / sum(s.numel() for s in symbols)
+
+    def _nats(self, symbols: list[Tensor], order: Order) -> list[Tensor]:
+        """Per level (B,) nats of each map, as cross-entropy over `logits` gives them (computed
+        by each network without assembling the whole map's logits)."""
+        return self._per_level(symbols, order, lambda net: net.nats)
+
+    def _per_level(self, symbols: list[Tensor], order: Order,
+                   compute: Callable[[nn.Module], Callable[[Tensor, Tensor | None], Tensor]]) -> list[Tensor]:
+        """compute(net)(level symbols, conditioning features) of every level, bottom first."""
+        self._check(symbols, order)
+        out = []
+        for level, level_symbols in enumerate(symbols):
+            context = symbols[level + 1] if level + 1 < self.config.levels else None
+            net = self.networks(order)[level]
+            out.append(compute(net)(level_symbols, net.features(context, *level_symbols.shape[-2:])))
+        return out
 
     def stepper(self, order: Order, level: int, height: int, width: int, context: Tensor | None,
                 wavefront: bool = True) -> LevelStepper:
