@@ -26,9 +26,9 @@ import click
 
 from vqcodec.errors import VQCodecError
 from vqcodec.prior import ORDERS
-from vqcodec.train import (SYMBOL_SOURCES, DecoderTrainConfig, PriorTrainConfig, TrainConfig,
-                           decoder_train_config_from_dict, prior_train_config_from_dict, train_config_from_dict,
-                           train_decoder, train_prior, train_vqvae)
+from vqcodec.train import (DecoderTrainConfig, PriorTrainConfig, TrainConfig, decoder_train_config_from_dict,
+                           prior_train_config_from_dict, train_config_from_dict, train_decoder, train_prior,
+                           train_vqvae)
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -124,11 +124,10 @@ def train_command(recipe: str | None, vqvae_config: Path | None, refine: bool, *
 @click.option("--scale", "scales", type=click.FloatRange(1, 4), multiple=True,
               help="Learn the symbols of images resampled by this factor, as a resampled member codes them "
               "(repeatable: the steps take the scales in turn; validation reports each) [default: 1].")
-@click.option("--symbols", type=click.Choice(SYMBOL_SOURCES), default=None,
-              help="Learn nearest codes of fresh crops; or nearest codes of every training image in its four flips, "
-              "encoded once and kept in --out (nearest-set: no encoder in the step, faster on a CPU); or the "
-              "symbols the default encoder writes (rdo: rate-distortion optimised with the --init-prior for the "
-              "one --order, on --rdo-images training images once, kept in --out) [default: nearest].")
+@click.option("--symbols", type=click.Choice(["nearest", "rdo"]), default=None,
+              help="Learn nearest codes of fresh crops, or the symbols the default encoder writes (rate-distortion "
+              "optimised with the --init-prior for the one --order, on --rdo-images training images once, kept in "
+              "--out) [default: nearest].")
 @click.option("--rdo-images", type=click.IntRange(min=1), default=None,
               help=f"Training images whose symbols --symbols rdo optimises [default: "
               f"{_default(PriorTrainConfig, 'rdo_images')}].")

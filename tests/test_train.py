@@ -16,13 +16,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import photo_like, tiny_model
-from vqcodec import symbol_sets
 from vqcodec.checkpoint import load_model, load_state, save_model
 from vqcodec.data import list_images, split_files
-from vqcodec.image import to_tensor
 from vqcodec.runtime import lr_factor
 from vqcodec.train import (PriorTrainConfig, TrainConfig, resolve_prior_config, structural_similarity,
-                           symbols_digest, train_config_from_dict, train_prior, train_vqvae)
+                           train_config_from_dict, train_prior, train_vqvae)
 from vqcodec.vqvae import VQVAE2Config
 
 TINY = VQVAE2Config(channels=16, res_blocks=1, res_channels=8, downsample=(2, 2), codebook_size=(16, 8),
@@ -566,31 +564,6 @@ def test_prior_training_on_the_encoders_own_symbols_learns_them(images, tmp_path
     for extra in [[], ["--init-prior", str(tiny_model_path), "--order", "raster"]]:
         result = CliRunner().invoke(train_prior_command, [*args, *extra, "--out", str(tmp_path / "b")])
         assert result.exit_code == 2 and "init_prior" in result.output and "one trained order" in result.output
-
-
-def test_prior_training_on_a_set_of_nearest_codes_learns_every_flip(images, tmp_path, tiny_model_path):
-    from vqcodec.cli.training import train_prior_command
-
-    vqvae, prior = tiny_model()
-    args = ["--data", str(images), "--vqvae", str(tiny_model_path), "--steps", "8", "--crop", "16",
-            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25", "--lr", "1e-2",
-            "--warmup-steps", "0", "--prior-config", _json(tmp_path, prior), "--symbols", "nearest-set",
-            "--seed", "7", "--out", str(tmp_path / "a")]
-    result = CliRunner().invoke(train_prior_command, args)  # no --init-prior needed, both orders train
-    assert result.exit_code == 0, result.output
-    stored = torch.load(tmp_path / "a" / "nearest_symbols.pt", weights_only=True)
-    training = split_files(list_images(images), 0.25, seed=0)[0]
-    assert stored["recipe"]["files"] == [p.name for p in training] and stored["recipe"]["steps"] == 0
-    assert stored["recipe"]["flips"] == list(symbol_sets.FLIPS) and len(stored["maps"]) == 4 * len(training)
-    assert stored["recipe"]["source"] == symbols_digest(vqvae)
-    mirrored = vqvae.encode(torch.flip(to_tensor(training[0])[0], [-1]))
-    assert all(torch.equal(got.long(), want[0]) for got, want in zip(stored["maps"][1], mirrored))
-    tuned = load_model(tmp_path / "a" / "model.safetensors")[1]
-    symbols = [torch.stack([m[level].long() for m in stored["maps"]]) for level in range(2)]
-    with torch.no_grad():
-        for order in ("fast", "raster"):
-            bits = [float(sum(b.sum() for b in p.bits(symbols, order))) for p in (prior, tuned)]
-            assert bits[1] < bits[0], order  # it learned the set
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])

@@ -1,25 +1,17 @@
-"""Symbol maps computed once for a set of training images, then learnt by the prior in random crops.
+"""The symbols the encoder writes, computed once for a set of training images, for prior fine-tuning.
 
-Two uses (`train.py`, `PriorTrainConfig.symbols`):
-
-- The symbols the default encoder writes. Priors first learn nearest-code symbols, but the
-  default encoder writes rate-distortion optimised ones (`rdo.py`), which drift towards the codes
-  the prior finds cheap: the coded distribution is not the one the prior learned. Optimising costs
-  seconds per crop on a CPU (vqc-4: ~5 s for 256x256), too slow for every batch, so a run
-  optimises a fixed set of training images once with the prior it starts from. Measured in
-  benchmarks/prior_on_rdo_symbols.py.
-- The nearest codes of every training image in each of its four flips (`FLIPS`, the flips the
-  image pipeline draws from): encoding the batch's crops afresh took a third of a CPU training
-  step of vqc-4's wide VQ-VAE, once the prior's own step had been made cheaper.
-
-Either set is built by `build` (stored in the run's output folder, resumable); training draws
-random crops of its maps (`random_crops`), cut on whole top-level cells so every level stays
-aligned.
+Priors learn nearest-code symbols, drawn on the fly from random crops (`train.py`), but the
+default encoder writes rate-distortion optimised ones (`rdo.py`), which drift towards the codes
+the prior finds cheap: the coded distribution is not the one the prior learned. Optimising costs
+seconds per crop on a CPU (vqc-4: ~5 s for 256x256), too slow for every batch, so a run
+optimises a fixed set of training images once with the prior it starts from (`build`, stored in
+its output folder and resumable) and then learns random crops of those maps (`random_crops`),
+cut on whole top-level cells so every level stays aligned. Measured in
+benchmarks/prior_on_rdo_symbols.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,59 +24,43 @@ from vqcodec.image import open_image, to_tensor
 from vqcodec.prior import SymbolPrior
 from vqcodec.vqvae import VQVAE2
 
-SAVE_EVERY_S = 60.0  # seconds between saves of a set being built, so a stopped run loses little
-FLIPS = ("", "h", "v", "hv")  # an image as it is, mirrored left-right, upside down, both
+SAVE_EVERY = 10  # images between saves of a set being built, so a stopped run loses little
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
 
 def build(path: Path, vqvae: VQVAE2, prior: SymbolPrior, files: Sequence[Path], order: str, steps: int,
-          scales: Sequence[float] = (1.0,), source: str = "", progress: Progress | None = None,
-          flips: Sequence[str] = ("",)) -> list[list[Tensor]]:
-    """The symbol maps of `files`, each in every one of `flips`, kept in `path`.
+          scales: Sequence[float] = (1.0,), source: str = "", progress: Progress | None = None) -> list[list[Tensor]]:
+    """The optimised symbol maps of `files` (image i coded at scales[i % len(scales)]), kept in `path`.
 
-    Entry i (file i // len(flips) in flip i % len(flips)) is coded at scales[i % len(scales)],
-    with `steps` steps of rate-distortion optimisation in decode order `order` (0: nearest codes).
-    A set already in `path` made the same way (same source, order, steps, files, scales and flips)
-    is continued where it stopped; one made any other way is an error rather than silently reused.
+    A set already in `path` made the same way (same source, order, steps, files and scales) is
+    continued where it stopped; one made any other way is an error rather than silently reused.
     `source` names the model the symbols come from (a digest), so a set of another model's
     symbols is refused.
 
     Returns:
-        Per entry, its symbol maps bottom first, (h_l, w_l) int16 on the CPU.
+        Per image, its symbol maps bottom first, (h_l, w_l) int16 on the CPU.
     Raises:
-        ValueError: `path` holds a set made differently, or a flip is not one of FLIPS.
+        ValueError: `path` holds a set made differently.
     """
-    if not flips or not set(flips) <= set(FLIPS):
-        raise ValueError(f"flips must be among {FLIPS}, got {tuple(flips)}")
     recipe = {"source": source, "order": order, "steps": steps, "files": [Path(f).name for f in files],
-              "scales": [float(s) for s in scales], "flips": list(flips)}
+              "scales": [float(s) for s in scales]}
     maps: list[list[Tensor]] = []
     if path.exists():
         stored = torch.load(path, weights_only=True)
-        if {"flips": [""], **stored["recipe"]} != recipe:  # sets from before flips were all unflipped
+        if stored["recipe"] != recipe:
             raise ValueError(f"{path} holds symbols made another way (another model, order, steps, image "
-                             f"list, scales or flips); delete it or choose another output folder")
+                             f"list or scales); delete it or choose another output folder")
         maps = stored["maps"]
     device = next(vqvae.parameters()).device
-    entries = [(file, flip) for file in files for flip in flips]
-    saved = time.monotonic()
-    for i in range(len(maps), len(entries)):
-        file, flip = entries[i]
-        x, _ = to_tensor(open_image(file).convert("RGB"))
-        x = resample.to_coded_size(_flipped(x, flip), scales[i % len(scales)]).to(device)
+    for i in range(len(maps), len(files)):
+        x, _ = to_tensor(open_image(files[i]).convert("RGB"))
+        x = resample.to_coded_size(x, scales[i % len(scales)]).to(device)
         maps.append([s[0].to(torch.int16).cpu() for s in rdo.optimize_symbols(vqvae, prior, x, order, steps)])
-        if time.monotonic() - saved >= SAVE_EVERY_S or i + 1 == len(entries):
+        if (i + 1) % SAVE_EVERY == 0 or i + 1 == len(files):
             write_atomically(path, lambda tmp: torch.save({"recipe": recipe, "maps": maps}, tmp))
-            saved = time.monotonic()
         if progress is not None:
-            progress(i + 1, len(entries))
+            progress(i + 1, len(files))
     return maps
-
-
-def _flipped(x: Tensor, flip: str) -> Tensor:
-    """(B, C, H, W) mirrored left-right ("h" in flip) and upside down ("v" in flip)."""
-    dims = [dim for letter, dim in (("v", -2), ("h", -1)) if letter in flip]
-    return torch.flip(x, dims) if dims else x
 
 
 def random_crops(maps: Sequence[Sequence[Tensor]], side: int, ratios: Sequence[int], count: int,

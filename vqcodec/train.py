@@ -47,7 +47,6 @@ from vqcodec.runtime import (LoopSpec, MetricsLog, Runtime, autocast, load_train
                              val_loader, wrap_model)
 from vqcodec.vqvae import GROWABLE_BLOCKS, VQVAE2, VQVAE2Config
 
-SYMBOL_SOURCES = ("nearest", "nearest-set", "rdo")  # what a prior run learns (PriorTrainConfig.symbols)
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
@@ -128,11 +127,9 @@ class PriorTrainConfig(RunSettings):
     # resampled members (vqc-5/6 run vqc-4 at x1.25/x1.5) should weigh in; validation reports each.
     # Measured on vqc-4's fast order: 595 CPU steps gained only 0.3 % at x1.25/x1.5, so not shipped.
     scales: tuple[float, ...] = (1.0,)
-    # "nearest": nearest codes of fresh random crops. "nearest-set": nearest codes of every training
-    # image in its four flips, computed once, then random crops of them (whole top-level cells; no
-    # encoder in the step). "rdo": the symbols the default encoder writes, optimised with the starting
-    # prior (init_prior) for the one trained order, on rdo_images training images once, then random
-    # crops of them. A set is kept in out/ and resumes (symbol_sets.py).
+    # "nearest": nearest codes of fresh random crops. "rdo": the symbols the default encoder writes,
+    # optimised with the starting prior (init_prior) for the one trained order, on rdo_images training
+    # images once (symbol_sets.py; the set is kept in out/ and resumes), then random crops of them.
     symbols: str = "nearest"
     rdo_images: int = 600
     rdo_steps: int = rdo.DEFAULT_STEPS
@@ -145,8 +142,8 @@ class PriorTrainConfig(RunSettings):
         object.__setattr__(self, "scales", tuple(resample.check_scale(s) for s in self.scales))
         if not self.scales or len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct numbers in [1, 4], got {self.scales}")
-        if self.symbols not in SYMBOL_SOURCES:
-            raise ValueError(f"symbols must be one of {SYMBOL_SOURCES}, got {self.symbols!r}")
+        if self.symbols not in ("nearest", "rdo"):
+            raise ValueError(f"symbols must be 'nearest' or 'rdo', got {self.symbols!r}")
         if self.symbols == "rdo" and (self.init_prior is None or len(self.orders) != 1):
             raise ValueError("symbols 'rdo' needs init_prior (the prior the encoder optimises with) and one "
                              "trained order (the order whose code lengths count)")
@@ -386,7 +383,7 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
                                             val_fraction=cfg.val_fraction, seed=cfg.seed,
                                             split_seed=cfg.split_seed)
     prior = place_model(_initial_prior(prior_cfg, cfg.init_prior, cfg.orders), rt)
-    symbol_set = _symbol_set(cfg, vqvae, prior, train_set.files, out, rt) if cfg.symbols != "nearest" else None
+    symbol_set = _rdo_symbol_set(cfg, vqvae, prior, train_set.files, out, rt) if cfg.symbols == "rdo" else None
     for order in ORDERS:  # an untrained order's networks stay frozen (and out of DDP's gradient sync)
         prior.networks(order).requires_grad_(order in cfg.orders)
     optimizer = torch.optim.Adam([p for p in prior.parameters() if p.requires_grad], lr=cfg.lr)
@@ -431,31 +428,25 @@ def _train_prior(cfg: PriorTrainConfig, rt: Runtime) -> Path:
     return out / "model.safetensors"
 
 
-def _symbol_set(cfg: PriorTrainConfig, vqvae: VQVAE2, prior: SymbolPrior, files: list[Path], out: Path,
-                rt: Runtime) -> list[list[Tensor]]:
-    """The run's symbol set (cfg.symbols), built by the main rank, loaded by the others.
+def _rdo_symbol_set(cfg: PriorTrainConfig, vqvae: VQVAE2, prior: SymbolPrior, files: list[Path], out: Path,
+                    rt: Runtime) -> list[list[Tensor]]:
+    """The optimised symbols of cfg.rdo_images training images (a seeded choice), built by the main rank.
 
-    "rdo": the optimised symbols of cfg.rdo_images training images (a seeded choice), built before
-    any resumed state is loaded, so they always come from the starting prior. "nearest-set": the
-    nearest codes of every training image in each of its flips.
+    Built before any resumed state is loaded, so the symbols always come from the starting prior.
     """
+    chosen = sorted(files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed))
+                    [:cfg.rdo_images].tolist())
+    path = out / "rdo_symbols.pt"
     coder = copy.deepcopy(prior).cpu().eval()  # code lengths are computed on the CPU (rdo.CodeLengths)
-    if cfg.symbols == "rdo":
-        chosen = sorted(files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed))
-                        [:cfg.rdo_images].tolist())
-        path, steps, flips, source = out / "rdo_symbols.pt", cfg.rdo_steps, ("",), weights_digest(vqvae, coder)
-    else:
-        chosen, path, steps, flips = files, out / "nearest_symbols.pt", 0, symbol_sets.FLIPS
-        source = symbols_digest(vqvae)
+    source = weights_digest(vqvae, coder)
 
     def build(progress: Any = None) -> list[list[Tensor]]:
-        return symbol_sets.build(path, vqvae, coder, chosen, cfg.orders[0], steps, cfg.scales,
-                                 source=source, progress=progress, flips=flips)
+        return symbol_sets.build(path, vqvae, coder, chosen, cfg.orders[0], cfg.rdo_steps, cfg.scales,
+                                 source=source, progress=progress)
 
     maps = None
     if rt.is_main:
-        bar = tqdm(total=len(chosen) * len(flips), desc=f"symbols of the training images ({cfg.symbols})",
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(chosen), desc="optimising symbols", dynamic_ncols=True)
         maps = build(lambda done, total: bar.update(done - bar.n))
         bar.close()
     if rt.distributed:
