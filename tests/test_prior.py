@@ -197,7 +197,7 @@ def reference_nats(prior: SymbolPrior, levels: list[torch.Tensor], order: str) -
 @pytest.mark.parametrize("order", ["fast", "raster"])
 def test_bits_loss_and_gradients_match_the_whole_map_logits(prior, order):
     """bits/loss skip assembling the whole map's logits (the fast order scores each pass against its
-    phase, padding ignored, and looks its input projection up in tables); they must give the numbers
+    phase, padding ignored, and looks its input projection up in shared tables); they must give the numbers
     and gradients of cross-entropy over the whole-map logits."""
     levels = random_levels(9, batch=2)  # odd sizes: both levels' group grids are padded
     expected = reference_nats(prior, levels, order)

@@ -400,20 +400,20 @@ class GroupedContextModel(nn.Module):
         """
         return self.head(self.pass_trunk(symbols, visible, features))
 
-    def pass_trunk(self, symbols: Tensor, visible: Tensor, features: Tensor | None,
-                   tables: Tensor | None = None) -> Tensor:
+    def pass_trunk(self, symbols: Tensor, visible: Tensor, features: Tensor | None) -> Tensor:
         """`pass_logits` before its head: (B, C, hp / s, wp / s). The head works cell by cell (1x1),
-        so it can run on any subset of cells. `tables` (from `input_tables`) compute the input
-        projection by lookup; without them it runs as the convolution of the diagram above, which
-        the decode steps keep: format 2's float32 files were coded with its sums."""
+        so it can run on any subset of cells. Decode steps run the input projection as the
+        convolution of the diagram above (format 2's float32 files were coded with its sums);
+        the teacher-forced passes look it up in tables (`_looked_up_codes`)."""
         if self.input_table is not None:
             x = self.input_table(symbols, visible)
-        elif tables is not None:
-            x = self._looked_up_input(symbols, visible, tables)
         else:
             x = self.embed(symbols).permute(0, 3, 1, 2) * visible  # (B, C, hp, wp)
             x = torch.cat([x, visible.expand(x.shape[0], 1, -1, -1)], dim=1)
             x = self.inp(F.pixel_unshuffle(x, self.side))  # (B, C, hp / s, wp / s)
+        return self._trunk(x, features)
+
+    def _trunk(self, x: Tensor, features: Tensor | None) -> Tensor:
         count = len(self.units) + 1
         biases: list[Tensor | None] = [None] * count if features is None else list(features.chunk(count, dim=1))
         x = _plus(x, biases[0])
@@ -422,32 +422,37 @@ class GroupedContextModel(nn.Module):
             x = x + unit(F.relu(x))
         return x
 
-    def input_tables(self) -> Tensor:
-        """(s * s * (K + 1), C): the input projection (`inp`) of every code's embedding at every
-        position of an s x s block, then of each position's visibility flag.
+    def _looked_up_codes(self, padded: Tensor) -> Tensor:
+        """What each symbol and its visibility flag add to the input projection (`inp`) at its
+        place in its s x s block: (B, hp, wp) -> (B, s * s, cells, C).
 
-        `inp` reads the unshuffled (C + 1) * s * s channels of embed * mask and mask, channel
-        c * s * s + k holding channel c at block position k; being 1x1, it is a sum over positions
-        of per-position tables. The teacher-forced passes share one set of tables: looking them up
-        costs far less than the convolution over s * s * (C + 1) channels, forward and backward
-        (a CPU training step of vqc-4's fast order: 1.27 -> 0.90 s).
+        `inp` reads the unshuffled (C + 1) * s * s channels of embed * mask and mask (channel
+        c * s * s + k: channel c at block position k); being 1x1, it is a sum over the block's
+        positions of per-position tables, code by code. A pass sums the visible positions'
+        rows (`_masked_input`), so all passes share one lookup: a CPU training step of vqc-4's
+        fast order took 1.27 s with the convolution per pass, 0.90 s with a lookup per pass, and
+        10-17 % less again with one shared lookup.
         """
-        s2, c = self.side * self.side, self.channels
+        s2, c, rows = self.side * self.side, self.channels, self.embed.num_embeddings + 1
         weight = self.inp.weight[:, :, 0, 0]  # (C_out, (C + 1) * s * s)
         codes = torch.einsum("nc,ock->kno", self.embed.weight, weight[:, : c * s2].view(-1, c, s2))
         flags = weight[:, c * s2 :].t()[:, None, :]  # (s * s, 1, C_out)
-        return torch.cat([codes, flags], dim=1).flatten(0, 1)
+        tables = torch.cat([codes, flags], dim=1).flatten(0, 1)  # (s * s * (K + 1), C_out)
+        offsets = torch.arange(s2, device=padded.device)[None, :, None] * rows
+        return F.embedding(self._by_block_position(padded) + offsets, tables) + tables[offsets + rows - 1]
 
-    def _looked_up_input(self, symbols: Tensor, visible: Tensor, tables: Tensor) -> Tensor:
-        """`inp`(unshuffle(embed * mask, mask)) by table lookup: (B, hp, wp) -> (B, C, hp / s, wp / s)."""
-        s, rows = self.side, self.embed.num_embeddings + 1  # table rows per block position
-        batch, hp, wp = symbols.shape
-        by_position = symbols.view(batch, hp // s, s, wp // s, s).permute(0, 2, 4, 1, 3).reshape(batch, s * s, -1)
-        seen = visible.view(1, hp // s, s, wp // s, s).permute(0, 2, 4, 1, 3).reshape(1, s * s, -1, 1)
-        offsets = torch.arange(s * s, device=symbols.device)[None, :, None] * rows
-        looked_up = F.embedding(by_position + offsets, tables) + tables[offsets + rows - 1]  # code + flag
+    def _masked_input(self, looked_up: Tensor, visible: Tensor) -> Tensor:
+        """One pass's input projection from `_looked_up_codes`: the visible positions' sum plus
+        `inp`'s bias, (B, C, hp / s, wp / s)."""
+        hp, wp = visible.shape[-2:]
+        seen = self._by_block_position(visible.view(1, hp, wp))[..., None]  # (1, s * s, cells, 1)
         x = (looked_up * seen).sum(1) + self.inp.bias  # (B, cells, C)
-        return x.transpose(1, 2).reshape(batch, -1, hp // s, wp // s)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, hp // self.side, wp // self.side)
+
+    def _by_block_position(self, grid: Tensor) -> Tensor:
+        """(B, hp, wp) -> (B, s * s, cells): unshuffled, block position k = a * s + b first."""
+        s, (batch, hp, wp) = self.side, grid.shape
+        return grid.view(batch, hp // s, s, wp // s, s).permute(0, 2, 4, 1, 3).reshape(batch, s * s, -1)
 
     def forward(self, symbols: Tensor, features: Tensor | None) -> Tensor:
         """Teacher-forced logits, s * s passes with their visibility: (B, h, w) int64 -> (B, K, h, w)."""
@@ -482,8 +487,11 @@ class GroupedContextModel(nn.Module):
         height, width = symbols.shape[-2:]
         hp, wp = self.padded_size(height, width)
         padded = F.pad(symbols, (0, wp - width, 0, hp - height))
-        tables = None if self.input_table is not None else self.input_tables()
+        looked_up = self._looked_up_codes(padded) if self.input_table is None else None
         for g, (a, b) in enumerate(self.order):
             visible = self.visibility(height, width, g).to(symbols.device)
-            hidden = torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded))
-            yield (a, b), self.head(self.pass_trunk(hidden, visible, features, tables))
+            if looked_up is not None:  # a hidden symbol's row is masked out, whatever its code
+                x = self._trunk(self._masked_input(looked_up, visible), features)
+            else:
+                x = self.pass_trunk(torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded)), visible, features)
+            yield (a, b), self.head(x)
