@@ -173,6 +173,26 @@ def test_the_encoder_weighs_errors_by_opacity(codec, monkeypatch, scale):
     assert np.array_equal(np.asarray(codec.decompress(data))[..., 3], rgba[..., 3])
 
 
+def test_the_alpha_plane_is_decoded_once_per_compress_and_per_decompress(codec, monkeypatch):
+    """The plane is decoded to check a file (or weigh the encoder's errors) and that decoding is kept
+    for the image, not repeated."""
+    import vqcodec.image as image_module
+
+    calls = []
+    real_decode = image_module.decode_alpha
+
+    def counted(*args):
+        calls.append(args)
+        return real_decode(*args)
+
+    monkeypatch.setattr(image_module, "decode_alpha", counted)
+    rgba = translucent()
+    data = codec.compress(rgba)
+    assert len(calls) == 1
+    restored = codec.decompress(data)
+    assert len(calls) == 2 and np.array_equal(np.asarray(restored)[..., 3], rgba[..., 3])
+
+
 def test_a_forged_alpha_field_is_a_bitstream_error(codec):
     header, chunks = bitstream.unpack(codec.compress(translucent()))
     wrong_size = encode_alpha(np.zeros((19, 24), dtype=np.uint8))

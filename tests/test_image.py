@@ -226,6 +226,18 @@ def test_an_alpha_plane_of_another_size_is_refused():
         decode_alpha(coded, 5, 5)
 
 
+def test_an_infos_alpha_plane_is_read_only_none_when_opaque_and_an_error_when_corrupt():
+    plane = np.tile(np.arange(5, dtype=np.uint8) * 60, (4, 1))
+    info = ImageInfo("RGBA", 4, 5, encode_alpha(plane))
+    assert np.array_equal(info.alpha_plane, plane) and info.alpha_plane is info.alpha_plane
+    with pytest.raises(ValueError):
+        info.alpha_plane[0, 0] = 1  # shared by every reader of this info: not to be changed in place
+    assert ImageInfo("RGBA", 4, 5).alpha_plane is None and ImageInfo("RGB", 4, 5).alpha_plane is None
+    assert ImageInfo("RGBA", 4, 5, encode_alpha(plane)) == info  # the decoded plane is not a field
+    with pytest.raises(ImageError, match="not 5x5"):
+        ImageInfo("RGBA", 5, 5, info.alpha).alpha_plane
+
+
 def test_alpha_beyond_webp_sides_is_coded_as_png(monkeypatch):
     import vqcodec.image as image_module
 

@@ -32,7 +32,7 @@ from vqcodec.bitstream import Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
-from vqcodec.image import ImageInfo, ImageLike, decode_alpha, error_weights, to_pil, to_tensor
+from vqcodec.image import ImageInfo, ImageLike, error_weights, to_pil, to_tensor
 from vqcodec.models import resolve, resolve_recorded
 from vqcodec.prior import SymbolPrior
 from vqcodec.vqvae import VQVAE2, OutputAffine
@@ -206,8 +206,7 @@ class Codec:
         """Symbols (from `encode`, or edited) -> .vqc bytes that decode to exactly these symbols."""
         _check_order(order)
         self._check_symbols(symbols)
-        if symbols.info.alpha:
-            decode_alpha(symbols.info.alpha, symbols.info.height, symbols.info.width)  # an ImageError if unfit
+        symbols.info.alpha_plane  # an ImageError if the alpha field is not this image's plane
         symbols = Symbols([s.cpu().long() for s in symbols.levels], symbols.info, symbols.adaptation)
         chunks = [self._encode_level(symbols.levels, level, order) for level in _top_down(symbols.levels)]
         return bitstream.pack(self._header(symbols, order), chunks)
@@ -372,12 +371,12 @@ class Codec:
 
 def _read_info(header: Header) -> ImageInfo:
     """The decoded image's mode and size, and its alpha plane, checked to decode to that size."""
-    if header.alpha:
-        try:
-            decode_alpha(header.alpha, header.height, header.width)
-        except ImageError as err:
-            raise BitstreamError(f"alpha field: {err}: the file is corrupt") from None
-    return ImageInfo(header.mode, header.height, header.width, header.alpha)
+    info = ImageInfo(header.mode, header.height, header.width, header.alpha)
+    try:
+        info.alpha_plane  # decoded now (and kept for the image) so that a corrupt plane fails early
+    except ImageError as err:
+        raise BitstreamError(f"alpha field: {err}: the file is corrupt") from None
+    return info
 
 
 def symbols_crc(levels: list[torch.Tensor]) -> int:

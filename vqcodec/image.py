@@ -61,6 +61,16 @@ class ImageInfo:
     width: int
     alpha: bytes = b""  # RGBA with transparency: the alpha plane, losslessly coded (`encode_alpha`)
 
+    @functools.cached_property
+    def alpha_plane(self) -> np.ndarray | None:
+        """The decoded (read-only) alpha plane, None if opaque; decoded once however often it is
+        asked for (checking a file, then building its image). ImageError if `alpha` is not one."""
+        if not self.alpha:
+            return None
+        plane = decode_alpha(self.alpha, self.height, self.width)
+        plane.setflags(write=False)
+        return plane
+
 
 @dataclass(frozen=True)
 class Converted:
@@ -156,7 +166,7 @@ def to_pil(x: torch.Tensor, info: ImageInfo) -> Image.Image:
     if info.mode == "L":
         return image.convert("L")
     if info.mode == "RGBA":
-        image.putalpha(Image.fromarray(decode_alpha(info.alpha, info.height, info.width)) if info.alpha else 255)
+        image.putalpha(255 if info.alpha_plane is None else Image.fromarray(info.alpha_plane))
     return image
 
 
@@ -202,9 +212,9 @@ def error_weights(info: ImageInfo) -> torch.Tensor | None:
     """How much each pixel's colour error counts, (1, 1, H, W) float32 in [0, 1]: its squared
     opacity, as a colour error e shows as alpha * e once composited over any background. None for
     an opaque image, and for a fully transparent one (no weight anywhere: every pixel counts alike)."""
-    if not info.alpha:
+    if info.alpha_plane is None:
         return None
-    opacity = torch.from_numpy(decode_alpha(info.alpha, info.height, info.width)).float().div_(255)
+    opacity = torch.from_numpy(info.alpha_plane.astype(np.float32)).div_(255)
     if not bool(opacity.any()):
         return None
     return opacity.pow_(2)[None, None]
