@@ -11,23 +11,29 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
 
 import click
 from click.core import ParameterSource
 from PIL import Image
 
 from vqcodec import bitstream
+from vqcodec.bitstream import ORDERS
 from vqcodec.cli.stdio import STDIO, read_input, read_stdin, shown
-from vqcodec.codec import ORDERS, Codec, cached_codec
 from vqcodec.errors import ImageError, VQCodecError
 from vqcodec.files import write_atomically
-from vqcodec.image import ImageLike, open_image
 from vqcodec.models import DEFAULT, resolve_recorded
-from vqcodec.rate_control import compress_at_slope, compress_to_target
-from vqcodec.rdo import DEFAULT_STEPS
 
+if TYPE_CHECKING:
+    from vqcodec.codec import Codec
+    from vqcodec.image import ImageLike
+
+# The modules that need torch (codec, image, rate_control) are imported where a command first
+# needs them, so that `--help` and usage errors answer at once rather than after 1.5 s.
 DEVICES = click.Choice(["cpu", "cuda"])
+# The encoder's default effort, `vqcodec.rdo.DEFAULT_STEPS`, written out here for the same reason;
+# tests/test_cli.py checks that they agree.
+DEFAULT_OPTIMIZE_STEPS = 10
 
 
 class _Failures:
@@ -57,7 +63,7 @@ class _Failures:
 @click.option("--mode", "order", type=click.Choice(ORDERS), default="fast", show_default=True,
               help="Decode order: fast (4-16 network passes per level) or raster (exact PixelCNN: files "
                    "8-12 % smaller, 4-14x slower to decode).")
-@click.option("--optimize", type=click.IntRange(min=0), default=DEFAULT_STEPS, show_default=True,
+@click.option("--optimize", type=click.IntRange(min=0), default=DEFAULT_OPTIMIZE_STEPS, show_default=True,
               help="Encoder effort: steps of rate-distortion optimization of the symbols (0: nearest codes, "
               "fastest). Decoding is the same whatever it was.")
 @click.option("--adapt/--no-adapt", "adapt_decoder", default=True, show_default=True,
@@ -117,7 +123,7 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
             if header.alpha and kind not in WITH_ALPHA:  # Pillow would drop the alpha without a word
                 raise VQCodecError(f"the image has transparency, which {kind} cannot hold: write "
                                    f"{', '.join(sorted(s for s, (k, _) in OUTPUT_FORMATS.items() if k in WITH_ALPHA))}")
-            codec = given or cached_codec(resolve_recorded(header.model_name), device)
+            codec = given or _cached_codec(resolve_recorded(header.model_name), device)
             image = codec.decompress(data)
             _write(dst, lambda out: image.save(out, format=kind, **options))
             click.echo(f"{shown(src, '<stdin>')} -> {shown(dst, '<stdout>')}: {image.width}x{image.height} {image.mode}",
@@ -129,9 +135,15 @@ def decompress_command(inputs: Sequence[Path], output: str | None, model: str | 
 
 def _load(model: str, device: str) -> Codec:
     try:
-        return cached_codec(model, device)
+        return _cached_codec(model, device)
     except VQCodecError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _cached_codec(model: str | Path, device: str) -> Codec:
+    from vqcodec.codec import cached_codec
+
+    return cached_codec(model, device)
 
 
 def _chooser(target_bpp: float | None, slope: float | None, **options: str | int | bool
@@ -147,6 +159,8 @@ def _chooser(target_bpp: float | None, slope: float | None, **options: str | int
         raise click.BadParameter("must be a positive number", param_hint=flag)
     if click.get_current_context().get_parameter_source("model") == ParameterSource.COMMANDLINE:
         raise click.UsageError(f"{flag} picks the model itself; give --model or {flag}, not both")
+    from vqcodec.rate_control import compress_at_slope, compress_to_target
+
     pick = compress_to_target if flag == "--target-bpp" else compress_at_slope
     return lambda image, bar: pick(image, value, progress=bar, **options)  # type: ignore[arg-type]
 
@@ -270,6 +284,8 @@ def _with_open(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def _open_input(src: Path) -> Image.Image:
     """The image to compress; a .vqc file given by mistake is named as such."""
+    from vqcodec.image import open_image
+
     data = read_stdin() if src == STDIO else None
     try:
         return open_image(src if data is None else io.BytesIO(data))

@@ -11,7 +11,6 @@ import importlib
 import warnings
 
 import click
-from click.utils import make_default_short_help
 
 from vqcodec import __version__
 
@@ -55,7 +54,12 @@ class _LazyGroup(click.Group):
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))  # click's own layout
         with formatter.section("Commands"):
-            formatter.write_dl([(name, make_default_short_help(COMMANDS[name][1], limit)) for name in names])
+            formatter.write_dl([(name, _short_help(COMMANDS[name][1], limit)) for name in names])
+
+
+def _short_help(summary: str, limit: int) -> str:
+    """The summary shortened as click shortens a command's own help in a group's listing."""
+    return click.Command(None, help=summary).get_short_help_str(limit)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

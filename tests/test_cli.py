@@ -36,6 +36,15 @@ def test_compress_decompress_info(tmp_path, image_file, tiny_model_path):
     assert "format:   version 5 (exact prior)" in result.output and "order:    fast" in result.output
 
 
+def test_the_optimize_default_is_the_encoders():
+    """cli/coding.py writes rdo.DEFAULT_STEPS out so that --help need not import torch."""
+    from vqcodec.cli.coding import DEFAULT_OPTIMIZE_STEPS
+    from vqcodec.rdo import DEFAULT_STEPS
+
+    assert DEFAULT_OPTIMIZE_STEPS == DEFAULT_STEPS
+    assert re.search(rf"--optimize\b.*\[default: {DEFAULT_STEPS}[;\]]", run("compress", "--help").output, re.S)
+
+
 @pytest.mark.parametrize("suffix, kind", [(".tiff", "TIFF"), (".bmp", "BMP"), (".ppm", "PPM"), (".webp", "WEBP"),
                                           (".PNG", "PNG"), ("", "PNG")])
 def test_decompress_writes_the_lossless_format_its_output_names(tmp_path, image_file, tiny_model_path, suffix, kind):

@@ -63,9 +63,11 @@ EXPECTED = ROOT / "tests" / "expected"
 
 @pytest.mark.parametrize("args, code", [(["--version"], 0), (["--help"], 0), ([], 2), (["models"], 0),
                                         (["models", "vqc-3"], 0), (["info", str(EXPECTED / "header_v6.bin")], 0),
-                                        (["info", str(EXPECTED / "header_v2.bin")], 0)])
-def test_help_info_and_models_answer_without_importing_torch(args, code):
-    """They read summaries, headers and model cards; importing torch would add about 1.5 s to each."""
+                                        (["info", str(EXPECTED / "header_v2.bin")], 0),
+                                        (["compress", "--help"], 0), (["decompress", "-h"], 0), (["compress"], 2),
+                                        (["decompress", "-o", "out.jpg", "in.vqc"], 2)])
+def test_help_info_models_and_usage_errors_answer_without_importing_torch(args, code):
+    """They read summaries, headers, model cards and arguments; importing torch would add about 1.5 s to each."""
     probe = ("import sys\nfrom vqcodec.cli.main import app\ntry:\n    app(sys.argv[1:], prog_name='vqcodec')\n"
              "except SystemExit as end:\n    print('exit', end.code, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)

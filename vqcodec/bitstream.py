@@ -70,6 +70,7 @@ _U16 = struct.Struct("<H")            # adaptation length
 _FLAG_RASTER = 0x01                   # bit 0: decode order (0 = fast, 1 = raster)
 _FLAG_ALPHA = 0x02                    # bit 1 (version 6): the alpha field follows the adaptation field
 _ORDERS = {"fast": 0, "raster": _FLAG_RASTER}
+ORDERS: tuple[str, ...] = tuple(_ORDERS)  # the decode orders a file can record
 _MODES = {"L": 1, "RGB": 3, "RGBA": 4}            # code = channel count
 _MODE_NAMES = {code: name for name, code in _MODES.items()}
 # Printable ASCII, no path separators, no surrounding spaces: the name selects a bundled model.

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from vqcodec import adapt, bitstream, entropy, exact, rdo, resample
-from vqcodec.bitstream import Header
+from vqcodec.bitstream import ORDERS, Header
 from vqcodec.checkpoint import load_model, weights_digest
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 from vqcodec.image import MAX_PIXELS as MAX_IMAGE_PIXELS
@@ -45,7 +45,6 @@ ESTIMATE_IN_BANDS_ABOVE = 1 << 17
 CODING_PART_ENTRIES = 1 << 22
 
 Order = Literal["fast", "raster"]
-ORDERS: tuple[str, ...] = ("fast", "raster")
 
 
 # Designs the encoder tries (vqcodec.adapt); the filter is fitted on top of the per-colour scales only,
