@@ -1,8 +1,8 @@
 """The `vqcodec` command: a click group that only wires the commands together.
 
 Each command's module is imported only when that command runs, and `vqcodec --help` lists them
-from the summaries below, so `--help`, `--version`, `info` and `models` do not pay the 1.5 s that
-importing torch takes.
+from the summaries below, so `--help`, `--version`, `info`, `models` (and compress/decompress's
+`--help` and usage errors, cli/coding.py) do not pay the 1.5 s that importing torch takes.
 """
 
 from __future__ import annotations
