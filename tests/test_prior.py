@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from vqcodec.context import group_order
+from vqcodec.context import IGNORED, group_order, head_nats
 from vqcodec.prior import PriorConfig, SymbolPrior
 
 CODEBOOKS = (16, 8)  # bottom, top
@@ -197,8 +197,9 @@ def reference_nats(prior: SymbolPrior, levels: list[torch.Tensor], order: str) -
 @pytest.mark.parametrize("order", ["fast", "raster"])
 def test_bits_loss_and_gradients_match_the_whole_map_logits(prior, order):
     """bits/loss skip assembling the whole map's logits (the fast order scores each pass against its
-    phase, padding ignored, and looks its input projection up in shared tables); they must give the numbers
-    and gradients of cross-entropy over the whole-map logits."""
+    phase, padding ignored, and looks its input projection up in shared tables; both orders run the
+    head channels-last, `head_nats`); they must give the numbers and gradients of cross-entropy over
+    the whole-map logits."""
     levels = random_levels(9, batch=2)  # odd sizes: both levels' group grids are padded
     expected = reference_nats(prior, levels, order)
     for bits, nats in zip(prior.bits(levels, order), expected):  # type: ignore[arg-type]
@@ -215,6 +216,26 @@ def test_bits_loss_and_gradients_match_the_whole_map_logits(prior, order):
     for mine, theirs in zip(grads, reference_grads):
         torch.testing.assert_close(mine, theirs)
     prior.zero_grad()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_head_nats_is_cross_entropy_over_the_heads_logits(autocast):
+    """Channels-last matrix products give the convolutions' numbers (bfloat16 autocast too, as in
+    training); IGNORED targets cost nothing; a head that is not ReLUs and 1x1 convolutions runs as it is."""
+    torch.manual_seed(3)
+    head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 32, 1))
+    x = torch.randn(2, 8, 5, 7)
+    targets = torch.randint(0, 32, (2, 5, 7))
+    targets[0, 4] = IGNORED
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expected = torch.nn.functional.cross_entropy(head(x), targets, ignore_index=IGNORED, reduction="none")
+        nats = head_nats(head, x, targets)
+    assert nats.shape == (2, 5, 7) and nats.dtype == torch.float32 and bool((nats[0, 4] == 0).all())
+    torch.testing.assert_close(nats, expected, rtol=1e-2 if autocast else 1.3e-6, atol=1e-2 if autocast else 1e-5)
+    assert bool((nats > 0).sum() == 2 * 5 * 7 - 7)
+    wider = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(8, 32, 3, padding=1))  # not position by position
+    torch.testing.assert_close(head_nats(wider, x, targets), torch.nn.functional.cross_entropy(
+        wider(x), targets, ignore_index=IGNORED, reduction="none"))
 
 
 @pytest.mark.parametrize("order", ["fast", "raster"])

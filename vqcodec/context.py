@@ -43,6 +43,26 @@ def _plus(x: Tensor, bias: Tensor | None) -> Tensor:
     return x if bias is None else x + bias
 
 
+def head_nats(head: nn.Sequential, x: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of head(x)'s logits at every position: x (B, C, H, W), targets (B, H, W)
+    int64 -> (B, H, W) nats, 0 where the target is IGNORED.
+
+    A head of ReLUs and 1x1 convolutions runs as matrix products on the channels-last view, so
+    the K-way softmax reads contiguous logits: over the convolutions' (B, K, H, W) logits, the
+    layout copies and the strided softmax and its backward took 40 % of a CPU training step of
+    vqc-4's raster order (1.17 s -> 0.71 s) and 25 % of its fast order's prior (0.85 -> 0.64 s),
+    for the same numbers (bfloat16 autocast included). Other heads (an exact copy's) run as they are.
+    """
+    if not all(isinstance(layer, nn.ReLU) or (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1))
+               for layer in head):
+        return F.cross_entropy(head(x), targets, ignore_index=IGNORED, reduction="none")
+    x = x.permute(0, 2, 3, 1)
+    for layer in head:
+        x = F.relu(x) if isinstance(layer, nn.ReLU) else F.linear(x, layer.weight[:, :, 0, 0], layer.bias)
+    return F.cross_entropy(x.flatten(0, 2).float(), targets.flatten(), ignore_index=IGNORED,
+                           reduction="none").view_as(targets)
+
+
 def _input_axis(name: str, weight: Tensor) -> int | None:
     """Axis of a weight that reads channels: 1 for convolutions, 0 for the transposed one, None otherwise."""
     if weight.dim() != 4:
@@ -223,16 +243,20 @@ class GatedPixelCNN(nn.Module):
 
     def forward(self, symbols: Tensor, features: Tensor | None) -> Tensor:
         """Teacher-forced logits of a whole map: symbols (B, h, w) int64 -> (B, K, h, w) float32."""
+        return self.head(self._trunk(symbols, features))
+
+    def nats(self, symbols: Tensor, features: Tensor | None) -> Tensor:
+        """Teacher-forced code length of each map: symbols (B, h, w) int64 -> (B,) nats."""
+        return head_nats(self.head, self._trunk(symbols, features), symbols).flatten(1).sum(1)
+
+    def _trunk(self, symbols: Tensor, features: Tensor | None) -> Tensor:
+        """`forward` before its head: (B, C, h, w)."""
         x = self.embed(symbols).permute(0, 3, 1, 2)
         cond = self._cond(features)
         v, h = x, x
         for n, layer in enumerate(self.layers):
             v, h = layer(*layer.pad(v, h), None if cond is None else cond[n], None)
-        return self.head(h)
-
-    def nats(self, symbols: Tensor, features: Tensor | None) -> Tensor:
-        """Teacher-forced code length of each map: symbols (B, h, w) int64 -> (B,) nats."""
-        return F.cross_entropy(self(symbols, features), symbols, reduction="none").flatten(1).sum(1)
+        return h
 
     def crop_logits(self, embedded: Tensor, features: Tensor | None, inside: Tensor) -> Tensor:
         """Logits of one position from a crop around it.
@@ -458,8 +482,8 @@ class GroupedContextModel(nn.Module):
         """Teacher-forced logits, s * s passes with their visibility: (B, h, w) int64 -> (B, K, h, w)."""
         height, width = symbols.shape[-2:]
         by_phase: list[Tensor | None] = [None] * len(self.order)
-        for (a, b), logits in self._teacher_forced_passes(symbols, features):
-            by_phase[a * self.side + b] = logits
+        for (a, b), trunk in self._teacher_forced_trunks(symbols, features):
+            by_phase[a * self.side + b] = self.head(trunk)
         stacked = torch.stack(by_phase, dim=2).flatten(1, 2)  # type: ignore[arg-type]  # (B, K * s * s, hp/s, wp/s)
         return F.pixel_shuffle(stacked, self.side)[..., :height, :width]
 
@@ -475,14 +499,14 @@ class GroupedContextModel(nn.Module):
         hp, wp = self.padded_size(height, width)
         targets = F.pad(symbols, (0, wp - width, 0, hp - height), value=IGNORED)  # padding costs nothing
         total = symbols.new_zeros(symbols.shape[0], dtype=torch.float32)
-        for (a, b), logits in self._teacher_forced_passes(symbols, features):
+        for (a, b), trunk in self._teacher_forced_trunks(symbols, features):
             phase = targets[:, a :: self.side, b :: self.side]
-            total = total + F.cross_entropy(logits, phase, ignore_index=IGNORED, reduction="none").flatten(1).sum(1)
+            total = total + head_nats(self.head, trunk, phase).flatten(1).sum(1)
         return total
 
-    def _teacher_forced_passes(self, symbols: Tensor,
+    def _teacher_forced_trunks(self, symbols: Tensor,
                                features: Tensor | None) -> Iterator[tuple[tuple[int, int], Tensor]]:
-        """((a, b), logits (B, K, hp / s, wp / s)) of every pass, each seeing the groups before it;
+        """((a, b), `pass_trunk` (B, C, hp / s, wp / s)) of every pass, each seeing the groups before it;
         the passes of an exact copy (`input_table` installed) keep its exact input."""
         height, width = symbols.shape[-2:]
         hp, wp = self.padded_size(height, width)
@@ -494,4 +518,4 @@ class GroupedContextModel(nn.Module):
                 x = self._trunk(self._masked_input(looked_up, visible), features)
             else:
                 x = self.pass_trunk(torch.where(visible[:, 0] > 0, padded, torch.zeros_like(padded)), visible, features)
-            yield (a, b), self.head(x)
+            yield (a, b), x
