@@ -16,7 +16,7 @@ from typing import Any
 
 from vqcodec.errors import BitstreamError, ImageError, ModelNotFoundError, VQCodecError
 
-__version__ = "0.12.2"
+__version__ = "0.12.3"
 
 _LAZY = {
     "Codec": "vqcodec.codec",
