@@ -364,8 +364,6 @@ class Codec:
                                  f"{MAX_IMAGE_PIXELS} pixels vqcodec encodes with model {self.name!r}")
         if not self._fits(header.level_shapes, header.height, header.width):
             raise BitstreamError(f"symbol map sizes {header.level_shapes} do not fit a {header.width}x{header.height} image")
-        if header.order not in ORDERS:
-            raise BitstreamError(f"unknown decode order {header.order!r}")
 
 
 def _read_info(header: Header) -> ImageInfo:
