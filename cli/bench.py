@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from vqcodec import rd
 from vqcodec.errors import VQCodecError
 
 
@@ -37,6 +36,8 @@ def bench_command(data_dir: Path, codecs: tuple[str, ...], out_dir: Path, models
     Writes CompressAI-format JSON per codec (whole-file and payload-only rates),
     a BD-rate table against --anchor, and PSNR / MS-SSIM RD plots.
     """
+    from vqcodec import rd  # imports torch: only when a benchmark runs, not for --help or usage errors
+
     specs = [spec for value in codecs for spec in value.split(",") if spec.strip()]
     try:
         notes = rd.bench(data_dir, specs, out_dir, anchor=anchor, limit=limit, weights_dir=weights_dir,

@@ -65,7 +65,8 @@ EXPECTED = ROOT / "tests" / "expected"
                                         (["models", "vqc-3"], 0), (["info", str(EXPECTED / "header_v6.bin")], 0),
                                         (["info", str(EXPECTED / "header_v2.bin")], 0),
                                         (["compress", "--help"], 0), (["decompress", "-h"], 0), (["compress"], 2),
-                                        (["decompress", "-o", "out.jpg", "in.vqc"], 2)])
+                                        (["decompress", "-o", "out.jpg", "in.vqc"], 2),
+                                        (["bench", "--help"], 0), (["bench", "--out", "x"], 2)])
 def test_help_info_models_and_usage_errors_answer_without_importing_torch(args, code):
     """They read summaries, headers, model cards and arguments; importing torch would add about 1.5 s to each."""
     probe = ("import sys\nfrom vqcodec.cli.main import app\ntry:\n    app(sys.argv[1:], prog_name='vqcodec')\n"
