@@ -62,7 +62,7 @@ class _Failures:
               "where they buy the most.")
 @click.option("--mode", "order", type=click.Choice(ORDERS), default="fast", show_default=True,
               help="Decode order: fast (4-16 network passes per level) or raster (exact PixelCNN: files "
-                   "8-12 % smaller, 4-14x slower to decode).")
+                   "5-8 % smaller on Kodak, about 9x slower to decode).")
 @click.option("--optimize", type=click.IntRange(min=0), default=DEFAULT_OPTIMIZE_STEPS, show_default=True,
               help="Encoder effort: steps of rate-distortion optimization of the symbols (0: nearest codes, "
               "fastest). Decoding is the same whatever it was.")
