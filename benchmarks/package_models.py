@@ -33,7 +33,7 @@ from safetensors import safe_open
 from vqcodec import recipes
 from vqcodec.checkpoint import INT8_SCALE, load_model, save_model
 from vqcodec.models import BUNDLED, DEFAULT, RESAMPLED, trained_model
-from vqcodec.prior import PriorConfig
+from vqcodec.prior import ORDERS, PriorConfig
 from vqcodec.vqvae import GROWABLE_BLOCKS, VQVAE2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,21 +44,24 @@ def records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def final_files(run: Path, keep_history: bool) -> tuple[Path, Path] | None:
+# The prior runs of a model, in the order they trained: a later one starts from the one before
+# (`--init-prior`), usually to train the other decode order (`--order`), so the last holds both.
+PRIOR_STAGES = ("prior", "prior-2")
+
+
+def final_files(run: Path) -> tuple[Path, Path] | None:
     """(file of the VQ-VAE, file of the prior) to ship from a run; None when it has neither stage.
 
-    In a full run the decoder stage comes last and its file holds both. With --keep-history the
-    stages were trained on top of the shipped model, one after the other or side by side (they
-    touch disjoint parts: the decoder side, the prior): the VQ-VAE comes from the decoder stage
-    and the prior from the prior run, where each exists.
+    The VQ-VAE comes from the decoder stage where there is one, and the prior from the last prior
+    run. In a recipe run the decoder stage comes last and its file holds the prior too, the same
+    one; stages trained side by side (they touch disjoint parts: the decoder side, the prior), or
+    on top of the shipped model (--keep-history), each give their own part.
     """
-    decoder, prior = run / "decoder" / "model.safetensors", run / "prior" / "model.safetensors"
-    found = [f for f in (decoder, prior) if f.exists()]
-    if not found:
+    decoder = run / "decoder" / "model.safetensors"
+    priors = [file for file in (run / stage / "model.safetensors" for stage in PRIOR_STAGES) if file.exists()]
+    if not decoder.exists() and not priors:
         return None
-    if not keep_history:
-        return found[0], found[0]
-    return found[0], found[-1]
+    return (decoder if decoder.exists() else priors[-1]), (priors[-1] if priors else decoder)
 
 
 def package(name: str, vqvae_file: Path, prior_file: Path, int8_vqvae: bool = False) -> Path:
@@ -105,15 +108,15 @@ def train_minutes(log: list[dict], batch_of_step) -> float:
 
 
 def training_lines(name: str, run: Path) -> list[str]:
+    """The card's Training section up to the decoder stage: the VQ-VAE's stages, then each prior run."""
     recipe = recipes.get(name)
     refine = recipe.vqvae_refine
-    vq_log, prior_log = records(run / "vqvae" / "log.jsonl"), records(run / "prior" / "prior_log.jsonl")
-    prior_cfg = json.loads((run / "prior" / "prior_train_config.json").read_text())
+    vq_log = records(run / "vqvae" / "log.jsonl")
     steps_vq = max((r.get("step", 0) for r in vq_log), default=0)
-    steps_prior = max((r.get("step", 0) for r in prior_log), default=0)
     vq_minutes = train_minutes(vq_log, lambda step: recipe.batch_size if step <= recipe.vqvae_steps or not refine
                                else refine.batch_size)
-    prior_minutes = train_minutes(prior_log, lambda step: prior_cfg["batch_size"])
+    priors = [found for found in (stage_run(run, stage, "prior") for stage in PRIOR_STAGES) if found]
+    prior_minutes = sum(train_minutes(log, lambda step, batch=cfg["batch_size"]: batch) for cfg, log, _ in priors)
     lines = [
         "- Data: `shared/data/train`, 1,300 natural-photo crops (BSDS500 train/test, an ImageNet sample, "
         "Urban100, Sun-Hays80; research/non-commercial licence terms of those datasets apply, see the "
@@ -121,44 +124,68 @@ def training_lines(name: str, run: Path) -> list[str]:
         f"- VQ-VAE, stage 1: {recipe.vqvae_steps} steps of batch {recipe.batch_size}, {recipe.crop}x{recipe.crop} "
         f"random crops, Adam lr {recipe.lr} (cosine), MSE + VQ losses (`vqcodec train --config {name}`). "
         f"The recipe decodes {recipe.top_only:.0%} of the samples from the top level alone (weight "
-        "0.25); the shipped weights ran stage 1 without that, and their top level died (one encoder "
-        "output everywhere inside the image), which is why the recipe now has it.",
+        "0.25), which keeps the top level in use: without it an earlier release's top level died (one "
+        "encoder output everywhere inside the image).",
     ]
     if refine:
         lines.append(f"- VQ-VAE, refine stage: the same run resumed to {refine.steps} steps in total "
                      f"(trained: {steps_vq}) on {refine.crop}x{refine.crop} crops, batch {refine.batch_size}, "
                      f"the cosine schedule stretched to the new length (`vqcodec train --config {name} --refine`). "
-                     f"Larger crops give the top level interior context, and top-only decoding ({recipe.top_only:.0%}) "
-                     "made the top level carry the image again.")
+                     "Larger crops give the top level interior context.")
     if name in TOP_RESET_AT:
         lines.append(f"- At step {TOP_RESET_AT[name]} the dead top encoder was re-initialised "
                      "(`benchmarks/reset_top_level.py`: its ReLUs were dead, so no gradient could revive it) "
                      "and the run resumed.")
-    prior_text = (f"- Prior: {steps_prior} steps of batch {prior_cfg['batch_size']}, {prior_cfg['crop']}x"
-                  f"{prior_cfg['crop']} crops, cross-entropy of both decode orders (`vqcodec train-prior --config {name}`).")
-    if prior_cfg.get("init_prior") and name in PRIOR_BEFORE:
-        half, full = PRIOR_BEFORE[name]
-        prior_text += (f" Fine-tuned (`--init-prior`) from the previous release's prior, trained {half} steps at "
-                       f"half this crop and {full} at this crop on the stage-1 symbols: {half + full + steps_prior} "
-                       f"steps in all, the recipe's {recipe.prior_steps} for a from-scratch rebuild.")
+    for i, (cfg, log, steps) in enumerate(priors):
+        lines += prior_stage_lines(name, cfg, log, steps, first=i == 0)
+    stages = "prior stage" if len(priors) == 1 else "prior stages"
     lines += [
-        prior_text,
         f"- Hardware: 2 shared CPU cores, no GPU (none was lent to this task): about {vq_minutes:.0f} minutes "
-        f"for the VQ-VAE and {prior_minutes:.0f} for this prior stage, several runs sharing the cores. This is "
+        f"for the VQ-VAE and {prior_minutes:.0f} for the {stages}, several runs sharing the cores. This is "
         "far short of a real training budget; a GPU run of the same recipe with many more steps is the next step.",
         f"- Last training log: `{json.dumps(next((r for r in reversed(vq_log) if 'psnr' in r), {}))}`",
-        f"- Validation (prior): "
-        f"`{json.dumps(next((r for r in reversed(prior_log) if any(k.startswith('val') for k in r)), {}))}`",
     ]
     return lines
 
 
-def stage_run(run: Path, stage: str) -> tuple[dict, list[dict], int] | None:
-    """(train config, log records, last step) of runs/NAME/<stage> ("decoder" or "prior"), None if absent."""
-    config_file = run / stage / f"{stage}_train_config.json"
+def prior_stage_lines(name: str, cfg: dict, log: list[dict], steps: int, first: bool) -> list[str]:
+    """One prior run of a model trained from scratch, and its last validation, as two Training lines.
+
+    A run after the first started from the one before's prior (`--init-prior`), usually to train
+    the other decode order's networks (`--order`), leaving the rest as they were.
+    """
+    orders = list(cfg.get("orders") or ORDERS)
+    alone = len(orders) == 1
+    trained = f"cross-entropy of the {orders[0]} order alone" if alone else "cross-entropy of both decode orders"
+    flags = (f" --order {orders[0]}" if alone else "") + (" --init-prior ..." if cfg.get("init_prior") else "")
+    label = "Prior" if first else "Prior, next stage"
+    text = (f"- {label}: {steps} steps of batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, Adam lr "
+            f"{cfg['lr']} (cosine), {trained} (`vqcodec train-prior --config {name}{flags}`).")
+    if cfg.get("init_prior") and not first:
+        text += " It started from the stage before's prior, whose other networks it left as they were."
+    elif cfg.get("init_prior") and name in PRIOR_BEFORE:
+        half, full = PRIOR_BEFORE[name]
+        text += (f" Fine-tuned (`--init-prior`) from the previous release's prior, trained {half} steps at "
+                 f"half this crop and {full} at this crop on the stage-1 symbols: {half + full + steps} "
+                 f"steps in all, the recipe's {recipes.get(name).prior_steps} for a from-scratch rebuild.")
+    val = [r for r in log if "val_bpp_fast" in r]
+    if len(val) > 1:
+        text += " Held-out estimate ({0}x{0} crops): {1}.".format(cfg["crop"], ", ".join(
+            f"{val[0][f'val_bpp_{order}']:.4f} -> {val[-1][f'val_bpp_{order}']:.4f} bpp at steps "
+            f"{val[0]['step']} -> {val[-1]['step']} ({order} order)" for order in orders))
+    return [text, f"- Validation ({label.lower()}): `{json.dumps(val[-1] if val else {})}`"]
+
+
+def stage_run(run: Path, stage: str, kind: str | None = None) -> tuple[dict, list[dict], int] | None:
+    """(train config, log records, last step) of runs/NAME/<stage>, None if absent.
+
+    kind ("decoder" or "prior") names the run's files; by default the folder's name.
+    """
+    kind = kind or stage
+    config_file = run / stage / f"{kind}_train_config.json"
     if not config_file.exists():
         return None
-    log = records(run / stage / f"{stage}_log.jsonl")
+    log = records(run / stage / f"{kind}_log.jsonl")
     return json.loads(config_file.read_text()), log, max((r.get("step", 0) for r in log), default=0)
 
 
@@ -524,7 +551,7 @@ def main() -> None:
         return
     for name in BUNDLED:
         run = args.runs / name
-        files = final_files(run, args.keep_history)
+        files = final_files(run)
         if files is None:
             print(f"{name}: no trained model under {run}, skipped")
             continue
